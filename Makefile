@@ -1,0 +1,32 @@
+# ltbench — the two commands of the README are `make bench` and `make test`; each installs first.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN      = $(VENV)/bin
+DATASET ?= digits-lt
+OUT     ?= reports/$(DATASET)
+
+# Optional overrides forwarded to `ltbench bench` only when set.
+BENCH_ARGS = $(if $(DATA_ROOT),--data-root '$(DATA_ROOT)') \
+             $(if $(EPOCHS),--epochs $(EPOCHS)) \
+             $(if $(SEEDS),--seeds '$(SEEDS)') \
+             $(if $(METHODS),--methods '$(METHODS)') \
+             $(if $(DEVICE),--device $(DEVICE))
+
+.PHONY: install bench test clean
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+bench: install
+	$(BIN)/ltbench bench --benchmark benchmarks/$(DATASET).yaml --out '$(OUT)' $(BENCH_ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

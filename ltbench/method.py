@@ -1,0 +1,119 @@
+"""The Method API: the hooks through which one trainer runs every long-tail method.
+
+A method is an ``nn.Module`` so that everything it keeps besides the network (priors, margins,
+proxies, class weights) lives in buffers and parameters and travels in its ``state_dict``.
+The trainer calls the hooks in a fixed order (docs/architecture.md)::
+
+    setup(info) -> build_model(backbone, info) -> streams from `views` / `samplers`
+    for epoch in range(E):
+        on_epoch_start(epoch)
+        for each step: loss = training_step(model, *batches); backward; optimiser step
+        validate with predict(model, x) -> on_epoch_end(epoch, val_metrics)
+    test with predict(model, x), using the best-validation checkpoint
+
+Epochs are 0-indexed in the API; a method whose paper counts from 1 converts in its own code.
+Hyperparameters are the keyword arguments of ``__init__`` (scikit-learn's convention), stored
+as attributes of the same name, so ``get_params()`` can be saved with every result.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ltbench.models import Backbone, Classifier
+
+
+@dataclass(frozen=True)
+class TrainInfo:
+    """What a method may know about the run before training starts."""
+
+    class_counts: tuple[int, ...]  # training-split images per class
+    class_names: tuple[str, ...]
+    epochs: int
+    steps_per_epoch: int
+    device: torch.device
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_counts)
+
+
+@dataclass
+class Batch:
+    """One training batch of one sampler stream, already on the compute device.
+
+    ``views[k]`` is the batch augmented with the method's k-th view preset (float, normalised,
+    N×3×S×S); every view shows the same images in the same order.
+    """
+
+    views: list[Tensor]
+    labels: Tensor
+    indices: Tensor  # rows of the training split, for methods that keep per-sample state
+
+
+StepResult = Tensor | tuple[Tensor, dict[str, Tensor]]
+
+
+class Method(nn.Module):
+    """Base class of every method. Override only the hooks you need."""
+
+    name: ClassVar[str] = ""  # set by @register_method
+    #: One augmentation preset per view (``ltbench.data.augment.PRESETS``).
+    views: ClassVar[tuple[str, ...]] = ("standard",)
+    #: One sampler per stream: "instance", "class_balanced" or "reversed". With several,
+    #: ``training_step`` receives one Batch per stream, in this order.
+    samplers: ClassVar[tuple[str, ...]] = ("instance",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0
+
+    # --- hyperparameters -------------------------------------------------------------------
+    def get_params(self) -> dict:
+        """The ``__init__`` keyword arguments and their current values."""
+        sig = inspect.signature(type(self).__init__)
+        return {
+            name: getattr(self, name)
+            for name, p in sig.parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
+
+    # --- hooks -------------------------------------------------------------------------------
+    def setup(self, info: TrainInfo) -> None:
+        """Build state that depends on the data (class priors, margins, proxies...)."""
+
+    def build_model(self, backbone: Backbone, info: TrainInfo) -> nn.Module:
+        """The network trained by the shared optimiser. Default: backbone + linear head."""
+        return Classifier(backbone, nn.Linear(backbone.out_dim, info.num_classes))
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def training_step(self, model: nn.Module, *batches: Batch) -> StepResult:
+        """Return the loss to minimise (and optionally a dict of scalar tensors to log)."""
+        raise NotImplementedError
+
+    def on_epoch_end(self, epoch: int, val_metrics: dict) -> None:
+        """Called after validation of ``epoch`` with the metrics of ``ltbench.metrics``."""
+
+    def predict(self, model: nn.Module, images: Tensor) -> Tensor:
+        """Logits whose argmax is the prediction and whose softmax gives the probabilities."""
+        return model(images)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+
+
+class LossMethod(Method):
+    """A method that is a loss on the logits of one view: override :meth:`loss`."""
+
+    def training_step(self, model: nn.Module, batch: Batch) -> StepResult:
+        logits = model(batch.views[0])
+        return self.loss(logits.float(), batch.labels)
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        raise NotImplementedError

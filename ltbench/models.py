@@ -1,0 +1,140 @@
+"""Backbones (torchvision ResNet-18/34/50, a small CPU-sized CNN) and the heads methods put on them.
+
+Pretrained weights come from torchvision's ImageNet weights ("imagenet"), a local file, or an
+http(s) URL; offline, a download fails with one line telling the user how to supply a file.
+"""
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from ltbench.errors import LtbenchError
+
+_RESNETS = {
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V2),
+}
+BACKBONES = (*_RESNETS, "small-cnn")
+
+
+class Backbone(nn.Module):
+    """A feature extractor: images N×3×H×W -> features N×``out_dim``."""
+
+    def __init__(self, body: nn.Module, out_dim: int, name: str) -> None:
+        super().__init__()
+        self.body = body
+        self.out_dim = out_dim
+        self.arch = name
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.body(images)
+
+
+class Classifier(nn.Module):
+    """Backbone followed by a classification head; ``forward`` returns logits."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.backbone(images))
+
+
+class NormedLinear(nn.Module):
+    """Cosine classifier: normalised features × normalised weights, no bias (LDAM, BCL).
+
+    Initialised as in kaidic/LDAM-DRW: uniform(-1, 1), then renormalised columns.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_dim, num_classes))
+        self.weight.data.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return F.normalize(features, dim=1) @ F.normalize(self.weight, dim=0)
+
+
+class ProjectionHead(nn.Module):
+    """Linear(in, dim) -> BN -> ReLU -> Linear(dim, dim), L2-normalised output (ECL, SCL, BCL)."""
+
+    def __init__(self, in_dim: int, dim: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, dim)
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        return F.normalize(self.net(features), dim=1)
+
+
+def _small_cnn(width: int = 32) -> tuple[nn.Module, int]:
+    """Four conv blocks and global pooling: trains in seconds on a CPU at 32 px."""
+
+    def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    layers = [*block(3, width, 1), *block(width, width * 2, 2), *block(width * 2, width * 4, 2),
+              *block(width * 4, width * 4, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), width * 4
+
+
+def build_backbone(name: str, pretrained: str | None = None) -> Backbone:
+    """Create a backbone by name; ``pretrained`` is None, "imagenet", a file path or a URL."""
+    if name == "small-cnn":
+        if pretrained:
+            raise LtbenchError("--pretrained: the small-cnn backbone has no pretrained weights")
+        body, dim = _small_cnn()
+        return Backbone(body, dim, name)
+    if name not in _RESNETS:
+        raise LtbenchError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    factory, weights = _RESNETS[name]
+    net = factory(weights=None)
+    if pretrained:
+        state = load_weights(pretrained, weights)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            raise LtbenchError(
+                f"--pretrained {pretrained}: not {name} weights "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return Backbone(net, dim, name)
+
+
+def load_weights(source: str, weights: torchvision.models.WeightsEnum) -> dict[str, Tensor]:
+    """Read a state dict from "imagenet" (torchvision's URL), an http(s) URL or a local file."""
+    url = weights.url if source == "imagenet" else source
+    if url.startswith(("http://", "https://")):
+        try:
+            state = torch.hub.load_state_dict_from_url(url, progress=True, map_location="cpu")
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            cache = Path(torch.hub.get_dir()) / "checkpoints"
+            raise LtbenchError(
+                f"--pretrained {source}: cannot download {url} ({exc}); download it elsewhere and "
+                f"pass --pretrained /path/to/{Path(url).name}, or put it in {cache}"
+            ) from None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise LtbenchError(f"--pretrained {source}: no such file (give 'imagenet', a URL or a .pth file)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise LtbenchError(f"--pretrained {source}: not a PyTorch state dict ({exc})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise LtbenchError(f"--pretrained {source}: the file holds no state dict")
+    return state

@@ -1,0 +1,31 @@
+"""Shared fixtures: where the real ISIC data lives (../shared/data or $LTBENCH_SHARED_DATA)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    env = os.environ.get("LTBENCH_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data folder; tests using it are skipped with a reason when it is absent."""
+    root = shared_data_dir()
+    if not (root / "isic").is_dir():
+        pytest.skip(f"real ISIC data not found at {root} (set LTBENCH_SHARED_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def isic2018_test_images(shared_data: Path) -> Path:
+    folder = shared_data / "isic2018_task3_test_224"
+    if not (folder / "images").is_dir():
+        pytest.skip(f"real ISIC 2018 test images not found at {folder}")
+    return folder

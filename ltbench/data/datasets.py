@@ -1,0 +1,140 @@
+"""Dataset registry: name -> loader returning an :class:`ImageSet`.
+
+- ``digits-lt`` (the embedded default): scikit-learn's real 8×8 handwritten digits (1,797
+  images, 10 classes) made long-tailed with the exponential profile used for CIFAR-10-LT
+  (Cui et al., CVPR 2019): ``n_c = n_max · imbalance^(-c / (C-1))``. Needs no download.
+- ``synthetic``: seeded coloured shapes with a long-tailed profile and lesion-like groups, for tests.
+- ``isic2018`` / ``isic2019``: the official ISIC challenge layouts under ``--data-root``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ltbench.data.base import ImageSet
+from ltbench.errors import LtbenchError
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    load: Callable[..., ImageSet]
+    description: str
+    needs_root: bool
+    default_split: str
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(name: str, description: str, needs_root: bool = False, default_split: str = "grouped"):
+    def decorate(fn: Callable[..., ImageSet]) -> Callable[..., ImageSet]:
+        if name in DATASETS:
+            raise ValueError(f"dataset {name!r} is already registered")
+        DATASETS[name] = DatasetSpec(name, fn, description, needs_root, default_split)
+        return fn
+
+    return decorate
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise LtbenchError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}") from None
+
+
+def load_dataset(name: str, data_root: str | Path | None = None, **options) -> ImageSet:
+    """Load a registered dataset; ``options`` are the loader's keyword arguments."""
+    spec = get_dataset(name)
+    if spec.needs_root:
+        if not data_root:
+            raise LtbenchError(f"dataset {name!r} needs --data-root (the folder with the official files)")
+        root = Path(data_root).expanduser()
+        if not root.is_dir():
+            raise LtbenchError(f"--data-root {root}: no such folder")
+        options["data_root"] = root
+    try:
+        return spec.load(**options)
+    except TypeError as exc:
+        raise LtbenchError(f"dataset {name!r}: bad options {options}: {exc}") from None
+
+
+def long_tail_counts(n_max: int, num_classes: int, imbalance: float) -> list[int]:
+    """Exponential profile of CIFAR-LT: class c keeps ``int(n_max · imbalance^(-c/(C-1)))``."""
+    if imbalance < 1:
+        raise LtbenchError(f"imbalance must be >= 1, got {imbalance}")
+    return [int(n_max * imbalance ** (-c / (num_classes - 1))) for c in range(num_classes)]
+
+
+def _subsample_long_tail(labels: np.ndarray, imbalance: float, seed: int) -> np.ndarray:
+    classes = np.unique(labels)
+    n_max = min(int((labels == c).sum()) for c in classes)
+    keep_counts = long_tail_counts(n_max, len(classes), imbalance)
+    rng = np.random.default_rng(seed)
+    rows = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, keep_counts)]
+    return np.sort(np.concatenate(rows))
+
+
+@register_dataset("digits-lt", "scikit-learn's real 8x8 handwritten digits, long-tailed (offline default)",
+                  default_split="stratified")
+def load_digits_lt(imbalance: float = 10.0, seed: int = 0) -> ImageSet:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rows = _subsample_long_tail(digits.target, imbalance, seed)
+    # 0..16 grey levels -> uint8, replicated to three channels so every backbone takes it.
+    grey = np.round(digits.images[rows] * (255.0 / 16.0)).astype(np.uint8)
+    pixels = np.repeat(grey[..., None], 3, axis=3)
+    return ImageSet(
+        ids=[f"digit_{r:04d}" for r in rows],
+        labels=digits.target[rows],
+        class_names=[str(c) for c in range(10)],
+        pixels=np.ascontiguousarray(pixels),
+        description=f"sklearn digits, long-tailed with imbalance factor {imbalance:g}",
+    )
+
+
+@register_dataset("synthetic", "seeded coloured squares with a long-tailed profile (unit tests only)")
+def load_synthetic(num_classes: int = 4, n_max: int = 60, imbalance: float = 10.0, size: int = 16,
+                   seed: int = 0) -> ImageSet:
+    rng = np.random.default_rng(seed)
+    counts = long_tail_counts(n_max, num_classes, imbalance)
+    labels = np.repeat(np.arange(num_classes), counts)
+    palette = rng.integers(40, 216, size=(num_classes, 3))
+    pixels = rng.integers(0, 40, size=(len(labels), size, size, 3)).astype(np.int64)
+    for i, c in enumerate(labels):
+        # each class: its own colour in a square whose position depends on the class
+        o = (c * 3) % (size // 2)
+        pixels[i, o:o + size // 2, o:o + size // 2] += palette[c]
+    # "lesions": runs of 1-3 consecutive images share a group id, as several photos of one lesion
+    groups, g, i = np.empty(len(labels), dtype=object), 0, 0
+    while i < len(labels):
+        k = int(rng.integers(1, 4))
+        groups[i:i + k] = f"lesion_{g}"
+        g, i = g + 1, i + k
+    return ImageSet(
+        ids=[f"synthetic_{i:05d}" for i in range(len(labels))],
+        labels=labels,
+        class_names=[f"class{c}" for c in range(num_classes)],
+        pixels=np.clip(pixels, 0, 255).astype(np.uint8),
+        groups=groups,
+        description="synthetic long-tailed squares",
+    )
+
+
+@register_dataset("isic2019", "ISIC 2019 training set (official layout under --data-root)", needs_root=True)
+def _load_isic2019(data_root: Path) -> ImageSet:
+    from ltbench.data.isic import load_isic2019
+
+    return load_isic2019(data_root)
+
+
+@register_dataset("isic2018", "ISIC 2018 Task 3 (official layout under --data-root)", needs_root=True)
+def _load_isic2018(data_root: Path) -> ImageSet:
+    from ltbench.data.isic import load_isic2018
+
+    return load_isic2018(data_root)

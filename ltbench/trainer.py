@@ -1,0 +1,219 @@
+"""The one training loop shared by every method (it never names one).
+
+Loop order (docs/architecture.md): setup -> build_model -> streams; per epoch: on_epoch_start,
+batches (training_step, backward, SGD step), validate, on_epoch_end, keep the best-validation
+state; finally test once with that state. Protocol of the ECL paper (Table 1): SGD with
+momentum, weight decay, per-epoch cosine learning rate, best-validation-Acc checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ltbench.data.augment import get_augmentation
+from ltbench.data.loader import TrainStream, eval_batches, steps_per_epoch
+from ltbench.errors import LtbenchError
+from ltbench.method import Method, TrainInfo
+from ltbench.metrics import HEADLINE, compute_metrics
+from ltbench.models import build_backbone
+from ltbench.schedules import cosine_lr
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a run that is not the method or the data (the shared protocol)."""
+
+    backbone: str = "resnet50"
+    pretrained: str | None = None
+    image_size: int = 224
+    epochs: int = 100
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    select_metric: str = "acc"
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA (no loss scaling needed, unlike fp16)
+    channels_last: bool = True  # CUDA only
+    compile: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.select_metric not in HEADLINE:
+            raise LtbenchError(f"select_metric {self.select_metric!r}: choose one of {', '.join(HEADLINE)}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "image_size"):
+            if getattr(self, name) < 1:
+                raise LtbenchError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DataBundle:
+    """Pixels of every image (uint8 N×H×W×3), labels, class names and the split's rows."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def counts(self, rows: np.ndarray) -> list[int]:
+        return np.bincount(self.labels[rows], minlength=len(self.class_names)).tolist()
+
+
+@dataclass
+class RunOutput:
+    history: list[dict]
+    best_epoch: int
+    val: dict
+    test: dict
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # labels and probabilities
+    wall_time_s: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LtbenchError(f"--device {name!r}: not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LtbenchError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _state_copy(module: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else copy.deepcopy(v)
+            for k, v in module.state_dict().items()}
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, progress: bool = True, desc: str = "") -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.progress = progress
+        self.desc = desc
+        cuda = self.device.type == "cuda"
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and config.amp else nullcontext
+        self.channels_last = cuda and config.channels_last
+
+    # ----------------------------------------------------------------------------------------
+    def fit(self, method: Method, data: DataBundle) -> RunOutput:
+        cfg, device = self.config, self.device
+        start = time.perf_counter()
+        seed_everything(cfg.seed)
+        train_labels = data.labels[data.train]
+        info = TrainInfo(
+            class_counts=tuple(data.counts(data.train)), class_names=tuple(data.class_names),
+            epochs=cfg.epochs, steps_per_epoch=steps_per_epoch(len(data.train), cfg.batch_size), device=device,
+        )
+        if min(info.class_counts) == 0:
+            raise LtbenchError("the training split has an empty class")
+        method.setup(info)
+        method.to(device)
+        model = method.build_model(build_backbone(cfg.backbone, cfg.pretrained), info).to(device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        step_model = torch.compile(model) if cfg.compile else model
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+        augmentations = [get_augmentation(v, cfg.image_size) for v in method.views]
+        streams = []
+        for k, sampler in enumerate(method.samplers):
+            generator = torch.Generator().manual_seed(cfg.seed * 1000 + k)
+            streams.append(TrainStream(data.pixels, data.train, train_labels, sampler, cfg.batch_size,
+                                       augmentations, device, generator, self.channels_last))
+
+        history: list[dict] = []
+        best = (-math.inf, -1, None, None, None)  # score, epoch, model state, method state, val output
+        bar = tqdm(total=cfg.epochs * info.steps_per_epoch, desc=self.desc or method.name, unit="step",
+                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        for epoch in range(cfg.epochs):
+            lr = cosine_lr(cfg.lr, epoch, cfg.epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.train()
+            method.train()
+            method.on_epoch_start(epoch)
+            loss_sum = torch.zeros((), device=device)
+            log_sums: dict[str, torch.Tensor] = {}
+            epoch_start = time.perf_counter()
+            for batches in zip(*streams):
+                with self.autocast():
+                    out = method.training_step(step_model, *batches)
+                loss, logs = out if isinstance(out, tuple) else (out, {})
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                # Accumulate on the device: no .item() sync per step.
+                loss_sum += loss.detach().float()
+                for key, value in logs.items():
+                    log_sums[key] = log_sums.get(key, 0.0) + value.detach().float()
+                bar.update()
+            train_loss = loss_sum.item() / info.steps_per_epoch
+            if not math.isfinite(train_loss):
+                bar.close()
+                raise LtbenchError(f"method {method.name!r}: the training loss became {train_loss} in epoch {epoch}")
+            train_time = time.perf_counter() - epoch_start
+            val = self.evaluate(method, model, data, data.val)
+            method.on_epoch_end(epoch, val["metrics"])
+            record = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_time_s": round(train_time, 4),
+                      **{k: (v / info.steps_per_epoch).item() for k, v in log_sums.items()},
+                      "val": {k: val["metrics"][k] for k in HEADLINE}}
+            history.append(record)
+            score = val["metrics"][cfg.select_metric]
+            if score > best[0] or best[2] is None:  # ties keep the earlier epoch
+                best = (score, epoch, _state_copy(model), _state_copy(method), val)
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val['metrics'][cfg.select_metric]:.1f}",
+                            best=f"{best[0]:.1f}@{best[1]}")
+        bar.close()
+
+        _, best_epoch, model_state, method_state, best_val = best
+        model.load_state_dict(model_state)
+        method.load_state_dict(method_state)
+        test = self.evaluate(method, model, data, data.test, train_counts=info.class_counts)
+        arrays = {"val_labels": best_val["labels"], "val_probs": best_val["probs"],
+                  "test_labels": test["labels"], "test_probs": test["probs"]}
+        return RunOutput(history=history, best_epoch=best_epoch, val=best_val["metrics"], test=test["metrics"],
+                         arrays=arrays, wall_time_s=time.perf_counter() - start)
+
+    # ----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def evaluate(self, method: Method, model: torch.nn.Module, data: DataBundle, rows: np.ndarray,
+                 train_counts: Sequence[int] | None = None) -> dict:
+        """Probabilities of ``rows`` in large batches, and their metrics."""
+        model.eval()
+        method.eval()
+        resize = get_augmentation("eval", self.config.image_size)
+        probs = []
+        for images in eval_batches(data.pixels, rows, self.config.eval_batch_size, self.device):
+            x = resize(images)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                logits = method.predict(model, x)
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        probs = torch.cat(probs).numpy()
+        labels = data.labels[rows]
+        metrics = compute_metrics(labels, probs, data.class_names, train_counts)
+        return {"metrics": metrics, "labels": labels, "probs": probs.astype(np.float32)}

@@ -99,7 +99,7 @@ def load_digits_lt(imbalance: float = 10.0, seed: int = 0) -> ImageSet:
 
 
 @register_dataset("synthetic", "seeded coloured squares with a long-tailed profile (unit tests only)")
-def load_synthetic(num_classes: int = 4, n_max: int = 60, imbalance: float = 10.0, size: int = 16,
+def load_synthetic(num_classes: int = 4, n_max: int = 80, imbalance: float = 5.0, size: int = 16,
                    seed: int = 0) -> ImageSet:
     rng = np.random.default_rng(seed)
     counts = long_tail_counts(n_max, num_classes, imbalance)

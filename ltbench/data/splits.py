@@ -78,17 +78,21 @@ def _kfold_split(image_set: ImageSet, seed: int, grouped: bool) -> Split:
 
     kind = "grouped" if grouped else "stratified"
     _check_class_sizes(image_set, kind)
-    y = image_set.labels
+    # With an official validation/test set present (ISIC 2018), the 3:1:1 split is made of the
+    # official training images only; the official parts stay unseen unless --split official.
+    pool = (np.arange(len(image_set)) if image_set.official_split is None
+            else np.flatnonzero(np.asarray(image_set.official_split, dtype=object) == "train"))
+    y = image_set.labels[pool]
     x = np.zeros((len(y), 1))
     with warnings.catch_warnings():
         # sklearn warns when a class has fewer groups than folds; Split.check reports it clearly.
         warnings.simplefilter("ignore", UserWarning)
         if grouped:
             folder = _fast_stratified_group_kfold()(n_splits=N_FOLDS, shuffle=True, random_state=seed)
-            folds = [test for _, test in folder.split(x, y, group_codes(image_set))]
+            folds = [pool[test] for _, test in folder.split(x, y, group_codes(image_set)[pool])]
         else:
             folder = StratifiedKFold(n_splits=N_FOLDS, shuffle=True, random_state=seed)
-            folds = [test for _, test in folder.split(x, y)]
+            folds = [pool[test] for _, test in folder.split(x, y)]
     # The fold assignment may differ between scikit-learn versions (its shuffling has changed), so
     # the version is recorded; the split CSV written beside the results is the durable record.
     details: dict = {"seed": seed, "ratios": "3:1:1", "folds": f"{N_FOLDS} (test=0, val=1, train=2-4)",

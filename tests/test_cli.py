@@ -1,0 +1,222 @@
+"""The command line as a user meets it: real subprocesses, real files, one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+LTBENCH = Path(sys.executable).parent / "ltbench"
+T18 = "ISIC2018_Task3"
+COLUMNS = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+
+
+def run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LTBENCH_CACHE": str((cwd or Path.cwd()) / ".cache")}
+    return subprocess.run([str(LTBENCH), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    # progress bars may precede it; the error itself is one line, the last one
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    assert errors == [lines[-1]], proc.stderr
+    assert lines[-1].startswith("ltbench: error: ")
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+
+
+def make_isic2018_layout(root: Path, per_class: int = 6, seed: int = 0) -> pd.DataFrame:
+    """An official ISIC 2018 training layout of small real JPEG files (coloured noise per class)."""
+    rng = np.random.default_rng(seed)
+    folder = root / f"{T18}_Training_Input"
+    folder.mkdir(parents=True)
+    rows = []
+    for c, name in enumerate(COLUMNS):
+        for k in range(per_class):
+            image_id = f"ISIC_{c:03d}{k:04d}"
+            pixels = np.clip(rng.normal(40 + 30 * c, 20, size=(40, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{image_id}.jpg", quality=90)
+            rows.append({"image": image_id, **{col: float(col == name) for col in COLUMNS}})
+    gt = pd.DataFrame(rows)
+    gt.to_csv(root / f"{T18}_Training_GroundTruth.csv", index=False)
+    return gt
+
+
+# ------------------------------------------------------------------------------- error paths
+
+
+def test_unknown_method(tmp_path):
+    assert_one_line_error(run("train", "--method", "nope", cwd=tmp_path), "unknown method 'nope'", "ce")
+
+
+def test_unknown_dataset(tmp_path):
+    assert_one_line_error(run("train", "--method", "ce", "--dataset", "mnist", cwd=tmp_path),
+                          "unknown dataset 'mnist'", "digits-lt")
+
+
+def test_missing_data_root(tmp_path):
+    proc = run("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(tmp_path / "absent"),
+               cwd=tmp_path)
+    assert_one_line_error(proc, "--data-root", "absent")
+    assert_one_line_error(run("train", "--method", "ce", "--dataset", "isic2019", cwd=tmp_path), "--data-root")
+
+
+def test_csv_with_wrong_columns(tmp_path):
+    root = tmp_path / "data"
+    gt = make_isic2018_layout(root)
+    gt.rename(columns={"VASC": "VASCULAR"}).to_csv(root / f"{T18}_Training_GroundTruth.csv", index=False)
+    proc = run("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(root), cwd=tmp_path)
+    assert_one_line_error(proc, f"{T18}_Training_GroundTruth.csv", "VASCULAR")
+
+
+def test_image_listed_but_absent(tmp_path):
+    root = tmp_path / "data"
+    gt = make_isic2018_layout(root)
+    missing = gt["image"].iloc[3]
+    (root / f"{T18}_Training_Input" / f"{missing}.jpg").unlink()
+    proc = run("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(root), cwd=tmp_path)
+    assert_one_line_error(proc, missing)
+
+
+def test_corrupt_jpeg(tmp_path):
+    root = tmp_path / "data"
+    gt = make_isic2018_layout(root)
+    bad = root / f"{T18}_Training_Input" / f"{gt['image'].iloc[5]}.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    proc = run("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(root),
+               "--epochs", "1", cwd=tmp_path)
+    assert_one_line_error(proc, "cannot decode image", bad.name)
+
+
+def test_bad_benchmark_files(tmp_path):
+    missing = run("bench", "--benchmark", str(tmp_path / "none.yaml"), cwd=tmp_path)
+    assert_one_line_error(missing, "none.yaml", "no such file")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("dataset: synthetic\nmethods: [ce]\ntrain: {epoch: 3}\n")
+    assert_one_line_error(run("bench", "--benchmark", str(typo), cwd=tmp_path), "typo.yaml", "epoch")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("dataset: synthetic\nmethods: [ce, nope]\n")
+    assert_one_line_error(run("bench", "--benchmark", str(unknown), cwd=tmp_path), "unknown method 'nope'")
+
+
+def test_bad_option_values(tmp_path):
+    assert_one_line_error(run("train", "--method", "ce", "--epochs", "0", cwd=tmp_path), "epochs")
+    assert_one_line_error(run("train", "--method", "focal", "--param", "gama=1", cwd=tmp_path), "focal", "gama")
+    assert_one_line_error(run("train", "--method", "ce", "--device", "cuda:7", cwd=tmp_path), "--device")
+    assert_one_line_error(run("report", str(tmp_path / "nothing"), cwd=tmp_path), "nothing")
+
+
+def test_lists(tmp_path):
+    methods = run("methods", cwd=tmp_path)
+    assert methods.returncode == 0 and "focal" in methods.stdout and "gamma=2.0" in methods.stdout
+    datasets = run("datasets", cwd=tmp_path)
+    assert datasets.returncode == 0
+    for name in ("digits-lt", "synthetic", "isic2018", "isic2019"):
+        assert name in datasets.stdout
+
+
+# ------------------------------------------------------------------------------- benchmarks
+
+TINY = """\
+name: tiny
+dataset: {name: synthetic}
+split: {kind: grouped, seed: 0}
+train: {backbone: small-cnn, image_size: 16, epochs: %(epochs)d, batch_size: 16, lr: 0.05, device: cpu}
+seeds: [0, 1]
+methods:
+  ce: {}
+  focal: {gamma: 1.0}
+"""
+
+
+def test_bench_writes_report_and_a_rerun_trains_nothing(tmp_path):
+    bench = tmp_path / "tiny.yaml"
+    bench.write_text(TINY % {"epochs": 2})
+    out = tmp_path / "out"
+    first = run("bench", "--benchmark", str(bench), "--out", str(out), "--quiet", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "4 run(s) trained, 0 skipped" in first.stdout and "wall time" in first.stdout
+    summary = (out / "summary.md").read_text()
+    assert "| ce " in summary and "| focal " in summary and "±" in summary
+    for name in ("summary.csv", "summary.tex", "confusion_matrices.png", "confusion_ce.png", "README.md",
+                 "split.csv"):
+        assert (out / name).is_file(), name
+    result = json.loads((out / "runs" / "focal" / "seed1.json").read_text())
+    assert result["method_params"] == {"gamma": 1.0, "class_weights": None}
+    assert len(result["history"]) == 2 and result["split"]["hash"]
+    arrays = np.load(out / "runs" / "focal" / "seed1.npz")
+    assert arrays["test_probs"].shape == (len(arrays["test_labels"]), 4)
+
+    again = run("bench", "--benchmark", str(bench), "--out", str(out), "--quiet", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "0 run(s) trained, 4 skipped" in again.stdout
+    assert (out / "summary.md").read_text() == summary
+
+    # A changed config is a different run: it retrains instead of reusing a stale result.
+    changed = run("bench", "--benchmark", str(bench), "--out", str(out), "--quiet", "--epochs", "1",
+                  "--methods", "ce", "--seeds", "0", cwd=tmp_path)
+    assert "1 run(s) trained" in changed.stdout
+
+    rebuilt = run("report", str(out), cwd=tmp_path)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+
+
+def test_killed_bench_resumes_where_it_stopped(tmp_path):
+    bench = tmp_path / "tiny.yaml"
+    bench.write_text(TINY % {"epochs": 6})
+    out = tmp_path / "out"
+    env = {**os.environ, "LTBENCH_CACHE": str(tmp_path / ".cache")}
+    proc = subprocess.Popen([str(LTBENCH), "bench", "--benchmark", str(bench), "--out", str(out), "--quiet"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = out / "runs" / "ce" / "seed0.json"
+    deadline = time.time() + 240
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert first.exists(), "the first run never finished"
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: like a power cut
+    proc.wait()
+    finished = sorted(p.relative_to(out) for p in out.glob("runs/*/*.json"))
+    assert len(finished) < 4
+    # nothing half-written is left where a result would be read
+    for path in out.glob("runs/*/*.json"):
+        json.loads(path.read_text())
+    resumed = run("bench", "--benchmark", str(bench), "--out", str(out), "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{4 - len(finished)} run(s) trained, {len(finished)} skipped" in resumed.stdout
+
+
+# ------------------------------------------------------------------------------- real ISIC images
+
+
+def test_train_on_real_isic2018_images_in_the_official_layout(tmp_path, isic2018_test_images):
+    """The 1,512 real test images, laid out as the official *training* folder with its CSV."""
+    root = tmp_path / "isic2018"
+    folder = root / f"{T18}_Training_Input"
+    folder.mkdir(parents=True)
+    gt = pd.read_csv(isic2018_test_images / f"{T18}_Test_GroundTruth.csv")
+    for image_id in gt["image"]:
+        os.symlink(isic2018_test_images / "images" / f"{image_id}.jpg", folder / f"{image_id}.jpg")
+    gt.to_csv(root / f"{T18}_Training_GroundTruth.csv", index=False)
+    out = tmp_path / "out"
+    proc = run("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(root), "--epochs", "1",
+               "--image-size", "32", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "runs" / "ce" / "seed0.json").read_text())
+    assert result["dataset"]["class_names"] == COLUMNS
+    assert sum(result["dataset"]["class_counts"]["test"]) + sum(result["dataset"]["class_counts"]["train"]) \
+        + sum(result["dataset"]["class_counts"]["val"]) == 1512
+    assert result["split"]["kind"] == "grouped"
+    assert 0 <= result["test"]["acc"] <= 100 and len(result["test"]["confusion_matrix"]) == 7
+    split = pd.read_csv(out / "split.csv")
+    assert len(split) == 1512 and set(split["part"]) == {"train", "val", "test"}

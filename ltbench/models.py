@@ -101,7 +101,11 @@ def build_backbone(name: str, pretrained: str | None = None) -> Backbone:
     if pretrained:
         state = load_weights(pretrained, weights)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches: another architecture's weights
+            first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+            raise LtbenchError(f"--pretrained {pretrained}: not {name} weights ({first})") from None
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
             raise LtbenchError(

@@ -36,6 +36,7 @@ class TrainInfo:
     epochs: int
     steps_per_epoch: int
     device: torch.device
+    lr: float = 0.002  # the shared optimiser's base learning rate (for methods with their own optimiser)
 
     @property
     def num_classes(self) -> int:

@@ -126,6 +126,7 @@ class Trainer:
         info = TrainInfo(
             class_counts=tuple(data.counts(data.train)), class_names=tuple(data.class_names),
             epochs=cfg.epochs, steps_per_epoch=steps_per_epoch(len(data.train), cfg.batch_size), device=device,
+            lr=cfg.lr,
         )
         if min(info.class_counts) == 0:
             raise LtbenchError("the training split has an empty class")

@@ -68,8 +68,8 @@ Deliberate differences (the shared protocol, docs/ecl.md):
 * **Numerics.** The denominator is a log-sum-exp (the official code subtracts the row maximum):
   the same value. Both losses run in float32 with autocast disabled; the proxy-gradient sum is
   wrong under fp16 loss scaling, so use bf16 or fp32.
-* **Proxy learning rate.** ``proxy_lr`` is this method's parameter (default 0.002, the shared
-  protocol's lr); the official code ties it to ``--lr``.
+* **Proxy learning rate.** As in the official code the proxies use the run's base learning rate
+  (0.002 in the shared protocol) unless ``proxy_lr`` sets another.
 """
 from __future__ import annotations
 
@@ -216,7 +216,7 @@ class ECL(Method):
         temperature: float = 0.1,
         ce_weight: float = 2.0,
         bhp_weight: float = 1.0,
-        proxy_lr: float = 0.002,
+        proxy_lr: float | None = None,
         proxy_momentum: float = 0.9,
         proxy_weight_decay: float = 1e-4,
         E1: int = 20,
@@ -248,6 +248,7 @@ class ECL(Method):
     def setup(self, info: TrainInfo) -> None:
         self.class_counts = tuple(int(n) for n in info.class_counts)
         self.epochs = info.epochs
+        self.proxy_base_lr = self._proxy_base_lr(info)
         self.stage_epochs = (
             scale_epoch(self.E1, info.epochs, self.reference_epochs),
             scale_epoch(self.E2, info.epochs, self.reference_epochs),
@@ -259,10 +260,13 @@ class ECL(Method):
         # Last validation F1 per class, as a fraction; 1 until the first validation (official).
         self.register_buffer("val_f1", torch.ones(info.num_classes, device=info.device))
         self.proxy_optimizer = torch.optim.SGD(
-            [self.proxies], lr=self.proxy_lr, momentum=self.proxy_momentum,
+            [self.proxies], lr=self._proxy_base_lr(info), momentum=self.proxy_momentum,
             weight_decay=self.proxy_weight_decay,
         )
         self._weights_cache = None
+
+    def _proxy_base_lr(self, info: TrainInfo) -> float:
+        return info.lr if self.proxy_lr is None else self.proxy_lr
 
     def get_extra_state(self) -> dict:
         # A copy: the optimiser's state_dict aliases its live momentum buffer.
@@ -310,7 +314,7 @@ class ECL(Method):
     def on_epoch_end(self, epoch: int, val_metrics: dict) -> None:
         # One proxy step with the summed gradient, at the lr this epoch trained with.
         for group in self.proxy_optimizer.param_groups:
-            group["lr"] = cosine_lr(self.proxy_lr, epoch, self.epochs)
+            group["lr"] = cosine_lr(self.proxy_base_lr, epoch, self.epochs)
         self.proxy_optimizer.step()
 
         f1 = (val_metrics or {}).get("per_class", {}).get("f1")

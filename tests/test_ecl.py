@@ -242,7 +242,7 @@ def test_registered_with_defaults():
     assert get_method_class("ecl") is ECL
     method = create_method("ecl")
     assert method.get_params() == dict(
-        dim=128, temperature=0.1, ce_weight=2.0, bhp_weight=1.0, proxy_lr=0.002, proxy_momentum=0.9,
+        dim=128, temperature=0.1, ce_weight=2.0, bhp_weight=1.0, proxy_lr=None, proxy_momentum=0.9,
         proxy_weight_decay=1e-4, E1=20, E2=50, reference_epochs=100, f1_floor=1e-4,
     )
     assert ECL.views == ("standard", "contrastive")
@@ -379,3 +379,17 @@ def test_saved_optimizer_state_is_a_copy():
     _train_one_epoch(method, model, epoch=1)
     assert not torch.equal(kept, method.proxy_optimizer.state[method.proxies]["momentum_buffer"])
     torch.testing.assert_close(extra["proxy_optimizer"]["state"][0]["momentum_buffer"], kept)
+
+
+def test_proxy_learning_rate_follows_the_runs_lr_unless_set():
+    import dataclasses
+
+    info = dataclasses.replace(_info(), lr=0.05)
+    tied, fixed = ECL(), ECL(proxy_lr=0.01)
+    tied.setup(info)
+    fixed.setup(info)
+    for method, base in ((tied, 0.05), (fixed, 0.01)):
+        method.on_epoch_start(1)
+        method.proxies.grad = torch.ones_like(method.proxies)
+        method.on_epoch_end(1, {"per_class": {"f1": [50.0, 50.0, 50.0]}})
+        assert method.proxy_optimizer.param_groups[0]["lr"] == pytest.approx(cosine_lr(base, 1, info.epochs))

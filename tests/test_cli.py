@@ -199,24 +199,50 @@ def test_killed_bench_resumes_where_it_stopped(tmp_path):
 # ------------------------------------------------------------------------------- real ISIC images
 
 
-def test_train_on_real_isic2018_images_in_the_official_layout(tmp_path, isic2018_test_images):
+@pytest.fixture(scope="module")
+def real_isic2018_root(tmp_path_factory, isic2018_test_images) -> Path:
     """The 1,512 real test images, laid out as the official *training* folder with its CSV."""
-    root = tmp_path / "isic2018"
+    root = tmp_path_factory.mktemp("real") / "isic2018"
     folder = root / f"{T18}_Training_Input"
     folder.mkdir(parents=True)
     gt = pd.read_csv(isic2018_test_images / f"{T18}_Test_GroundTruth.csv")
     for image_id in gt["image"]:
         os.symlink(isic2018_test_images / "images" / f"{image_id}.jpg", folder / f"{image_id}.jpg")
     gt.to_csv(root / f"{T18}_Training_GroundTruth.csv", index=False)
+    return root
+
+
+def test_train_on_real_isic2018_images_in_the_official_layout(tmp_path, real_isic2018_root):
     out = tmp_path / "out"
-    proc = run("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(root), "--epochs", "1",
-               "--image-size", "32", "--out", str(out), cwd=tmp_path)
+    proc = run("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(real_isic2018_root),
+               "--epochs", "1", "--image-size", "32", "--out", str(out),
+               "--cache-dir", str(real_isic2018_root.parent / "cache"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "runs" / "ce" / "seed0.json").read_text())
     assert result["dataset"]["class_names"] == COLUMNS
-    assert sum(result["dataset"]["class_counts"]["test"]) + sum(result["dataset"]["class_counts"]["train"]) \
-        + sum(result["dataset"]["class_counts"]["val"]) == 1512
+    assert sum(sum(result["dataset"]["class_counts"][part]) for part in ("train", "val", "test")) == 1512
     assert result["split"]["kind"] == "grouped"
     assert 0 <= result["test"]["acc"] <= 100 and len(result["test"]["confusion_matrix"]) == 7
     split = pd.read_csv(out / "split.csv")
     assert len(split) == 1512 and set(split["part"]) == {"train", "val", "test"}
+
+
+def test_two_seed_ecl_bench_on_real_isic2018_images(tmp_path, real_isic2018_root):
+    bench = tmp_path / "ecl.yaml"
+    bench.write_text(f"""\
+name: ecl-real
+dataset: {{name: isic2018, data_root: {real_isic2018_root}}}
+train: {{backbone: small-cnn, image_size: 32, epochs: 2, batch_size: 64, lr: 0.01, device: cpu}}
+seeds: [0, 1]
+methods: {{ecl: {{}}}}
+cache_dir: {real_isic2018_root.parent / "cache"}
+""")
+    out = tmp_path / "out"
+    proc = run("bench", "--benchmark", str(bench), "--out", str(out), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 run(s) trained" in proc.stdout
+    for seed in (0, 1):
+        result = json.loads((out / "runs" / "ecl" / f"seed{seed}.json").read_text())
+        assert result["method"] == "ecl" and result["seed"] == seed
+        assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["bhp"]) for h in result["history"])
+    assert "| ecl " in (out / "summary.md").read_text()

@@ -167,8 +167,18 @@ def _context(results: list[dict]) -> dict[str, str]:
         "image_size": values(lambda r: r.get("config", {}).get("image_size", "?")),
         "epochs": values(lambda r: r.get("config", {}).get("epochs", "?")),
         "seeds": values(lambda r: r["seed"]),
+        "leak": values(_leak_text),
         "runs": str(len(results)),
     }
+
+
+def _leak_text(result: dict) -> str:
+    leak = result.get("split", {}).get("lesion_leak")
+    if not leak:
+        return "unknown (no lesion ids)"
+    shared, total = leak["test_lesions_also_in_train"], leak["test_lesions"]
+    return "none: no test lesion has images in train" if shared == 0 else \
+        f"{shared} of {total} test lesions also have images in train"
 
 
 def _natural_key(text: str) -> tuple:
@@ -328,7 +338,8 @@ def _readme(ctx: dict[str, str], table: str, per_method: list[tuple[str, str]]) 
         f"# ltbench report: {ctx['dataset']}",
         "",
         f"- Dataset: {ctx['dataset']}",
-        f"- Split: {ctx['split_kind']} (hash `{ctx['split_hash']}`)",
+        f"- Split: {ctx['split_kind']} (hash `{ctx['split_hash']}`; the bench writes it to `split.csv`)",
+        f"- Lesion leak: {ctx.get('leak', '?')}",
         f"- Backbone: {ctx['backbone']}, image size {ctx['image_size']}, "
         f"epochs {ctx['epochs']}",
         f"- Seeds: {ctx['seeds']} ({ctx['runs']} runs)",

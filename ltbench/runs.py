@@ -57,6 +57,7 @@ class PreparedData:
     split: Split
     split_hash: str
     bundle: DataBundle
+    leak: dict | None = None  # lesions of the test set also in train, when lesion ids are known
 
 
 def default_cache_dir() -> Path:
@@ -65,7 +66,7 @@ def default_cache_dir() -> Path:
 
 def prepare_data(spec: DataSpec, image_size: int) -> PreparedData:
     """Load the dataset, split it, and decode its pixels once (cached at ~8/7 of the train size)."""
-    from ltbench.data.splits import make_split
+    from ltbench.data.splits import lesion_leak, make_split
 
     image_set = load_dataset(spec.dataset, spec.data_root, **(spec.options or {}))
     split = make_split(image_set, kind=spec.split_kind, seed=spec.split_seed,
@@ -81,7 +82,11 @@ def prepare_data(spec: DataSpec, image_size: int) -> PreparedData:
         pixels = load_pixels(image_set, math.ceil(image_size * 8 / 7), cache)
     bundle = DataBundle(pixels=pixels, labels=image_set.labels, class_names=list(image_set.class_names),
                         train=split.train, val=split.val, test=split.test)
-    return PreparedData(image_set, split, split.hash(image_set), bundle)
+    leak = None
+    if image_set.groups is not None:
+        shared, total = lesion_leak(image_set, split, "test")
+        leak = {"test_lesions_also_in_train": shared, "test_lesions": total}
+    return PreparedData(image_set, split, split.hash(image_set), bundle, leak)
 
 
 def _jsonable(value):
@@ -186,7 +191,8 @@ def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data
             "class_counts": {part: bundle.counts(rows) for part, rows in prepared.split.parts().items()},
         },
         "split": {"kind": prepared.split.kind, "hash": prepared.split_hash,
-                  "details": _jsonable(prepared.split.details), "file": "split.csv"},
+                  "details": _jsonable(prepared.split.details), "lesion_leak": prepared.leak,
+                  "file": "split.csv"},
         "config": config.to_dict(),
         "device": str(trainer.device),
         "versions": versions(),

@@ -1,0 +1,186 @@
+"""Training-input throughput: ltbench's cached batch pipeline vs a per-item PIL pipeline like ECL's.
+
+Images per second delivered as TWO augmented 224 px views (float, normalised) — no network.
+
+* ltbench: the source JPEGs are decoded once into a uint8 256 px cache (``load_pixels``; this
+  one-off build is timed and reported separately), then ``TrainStream`` reads batches from the
+  array and applies the "standard" and "contrastive" presets to the whole batch on the device.
+* ECL-like: a ``torch.utils.data.DataLoader`` over a Dataset that opens each JPEG with PIL and
+  runs torchvision transforms per item, every epoch (ECL's ``augmentation_rand`` and
+  ``augmentation_sim``), on the same source JPEGs.
+* ECL-like from a 256 px cache: the same per-item pipeline reading 256×256 JPEGs of the cached
+  pixels (what a per-item pipeline gains from pre-resizing alone).
+
+Sources: by default N real ISIC 2018 images (224 px) upscaled to 1024×768 JPEGs (quality 90, ISIC
+sizes) in a temporary folder that is deleted afterwards. ``--workers`` is both the DataLoader's
+worker count and ltbench's cache-build threads and torch threads. The pipelines are interleaved
+epoch by epoch (rotating order); round 0 is a warm-up; medians of the other rounds are reported.
+
+    .venv/bin/python benchmarks/throughput.py
+    .venv/bin/python benchmarks/throughput.py --num-images 512 --rounds 4 --workers 2
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ltbench.data.augment import get_augmentation
+from ltbench.data.base import ImageSet
+from ltbench.data.cache import load_pixels
+from ltbench.data.loader import TrainStream
+
+TARGET = 3.0
+DEFAULT_IMAGES = Path("/work/shared/data/isic2018_task3_test_224/images")
+
+
+def make_sources(src: Path, n: int, out: Path, size: tuple[int, int], quality: int) -> list[Path]:
+    """``n`` JPEGs of ``size`` (w, h) made by upscaling the real images in ``src`` (cycled)."""
+    originals = sorted(src.glob("*.jpg"))
+    if not originals:
+        raise SystemExit(f"--images {src}: no .jpg files")
+    paths = []
+    for i in range(n):
+        with Image.open(originals[i % len(originals)]) as img:
+            big = img.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+        path = out / f"img_{i:05d}.jpg"
+        big.save(path, quality=quality)
+        paths.append(path)
+    return paths
+
+
+class PilTwoViews(torch.utils.data.Dataset):
+    """ECL-style: open the JPEG with PIL per item, two torchvision-transformed views."""
+
+    def __init__(self, paths: list[Path], labels: np.ndarray, size: int) -> None:
+        from torchvision import transforms as T
+
+        self.paths, self.labels = paths, labels
+        norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        jitter = T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8)
+        self.view1 = T.Compose([T.Resize((size, size)), T.RandomHorizontalFlip(), jitter, T.ToTensor(), norm])
+        self.view2 = T.Compose([T.RandomResizedCrop(size, scale=(0.8, 1.0)), T.RandomHorizontalFlip(),
+                                T.RandomVerticalFlip(), T.RandomRotation(90), jitter, T.RandomGrayscale(0.2),
+                                T.ToTensor(), norm])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.paths[i]) as img:
+            img = img.convert("RGB")
+        return self.view1(img), self.view2(img), int(self.labels[i])
+
+
+def epoch_ltbench(stream: TrainStream) -> int:
+    seen = 0
+    for batch in stream:
+        v1, v2 = batch.views
+        seen += v1.shape[0]
+    return seen
+
+
+def epoch_loader(loader) -> int:
+    seen = 0
+    for v1, v2, _ in loader:
+        seen += v1.shape[0]
+    return seen
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of real .jpg images")
+    p.add_argument("--num-images", type=int, default=256)
+    p.add_argument("--source-size", default="1024x768", help="W x H of the generated source JPEGs")
+    p.add_argument("--quality", type=int, default=90)
+    p.add_argument("--cache-size", type=int, default=256)
+    p.add_argument("--size", type=int, default=224, help="output side of each view")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up round)")
+    p.add_argument("--no-pil-cache", action="store_true", help="skip the per-item pipeline on 256 px JPEGs")
+    args = p.parse_args(argv)
+    w, h = (int(v) for v in args.source_size.lower().split("x"))
+    torch.set_num_threads(max(1, args.workers))
+
+    with tempfile.TemporaryDirectory(prefix="ltbench-throughput-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "src").mkdir()
+        (tmp / "src256").mkdir()
+        t0 = time.perf_counter()
+        paths = make_sources(args.images, args.num_images, tmp / "src", (w, h), args.quality)
+        mb = sum(q.stat().st_size for q in paths) / 1e6
+        print(f"made {len(paths)} source JPEGs {w}x{h} q{args.quality} ({mb:.0f} MB) from {args.images} "
+              f"in {time.perf_counter() - t0:.1f} s")
+        labels = np.arange(len(paths)) % 7
+        image_set = ImageSet(ids=[q.stem for q in paths], labels=labels, class_names=[str(c) for c in range(7)],
+                             paths=paths)
+
+        t0 = time.perf_counter()
+        pixels = load_pixels(image_set, args.cache_size, tmp / "cache", workers=args.workers)
+        build_s = time.perf_counter() - t0
+        print(f"ltbench one-off cache build ({args.cache_size} px, {args.workers} threads): {build_s:.2f} s "
+              f"= {len(paths) / build_s:.0f} img/s")
+
+        pipelines = {}
+        stream = TrainStream(pixels, np.arange(len(paths)), labels, "instance", args.batch_size,
+                             [get_augmentation("standard", args.size), get_augmentation("contrastive", args.size)],
+                             torch.device("cpu"), torch.Generator().manual_seed(0))
+        pipelines["ltbench cached batch"] = lambda: epoch_ltbench(stream)
+
+        def loader_for(files):
+            ds = PilTwoViews(files, labels, args.size)
+            return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True,
+                                               num_workers=args.workers, persistent_workers=args.workers > 0)
+
+        ecl = loader_for(paths)
+        pipelines[f"per-item PIL, {w}x{h} JPEG"] = lambda: epoch_loader(ecl)
+        if not args.no_pil_cache:
+            small = []
+            for i in range(len(paths)):
+                q = tmp / "src256" / f"img_{i:05d}.jpg"
+                Image.fromarray(np.asarray(pixels[i])).save(q, quality=args.quality)
+                small.append(q)
+            ecl_small = loader_for(small)
+            pipelines[f"per-item PIL, {args.cache_size} px JPEG"] = lambda: epoch_loader(ecl_small)
+
+        names = list(pipelines)
+        rates: dict[str, list[float]] = {k: [] for k in names}
+        for r in range(args.rounds + 1):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                t0 = time.perf_counter()
+                seen = pipelines[name]()
+                rate = seen / (time.perf_counter() - t0)
+                if r > 0:
+                    rates[name].append(rate)
+        del ecl, pipelines  # shut the persistent workers down before the folder goes
+
+    print(f"\n{len(paths)} images/epoch, batch {args.batch_size}, {args.workers} workers, two {args.size} px views;"
+          f" median of {args.rounds} interleaved rounds (after 1 warm-up)")
+    print(f"{'pipeline':34s} {'img/s (median)':>15s} {'min':>8s} {'max':>8s}")
+    for name in names:
+        v = rates[name]
+        print(f"{name:34s} {statistics.median(v):15.1f} {min(v):8.1f} {max(v):8.1f}")
+    ours = statistics.median(rates[names[0]])
+    base = statistics.median(rates[names[1]])
+    ratio = ours / base
+    ok = "OK" if ratio >= TARGET else "MISSED"
+    print(f"ltbench {ours:.0f} img/s | per-item PIL ({w}x{h}) {base:.0f} img/s | ratio {ratio:.2f} "
+          f"(target >= {TARGET:.0f}) {ok}")
+    if len(names) > 2:
+        small_rate = statistics.median(rates[names[2]])
+        print(f"  (per-item PIL from {args.cache_size} px JPEGs {small_rate:.0f} img/s: ltbench / that = "
+              f"{ours / small_rate:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

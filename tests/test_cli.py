@@ -155,6 +155,9 @@ def test_bench_writes_report_and_a_rerun_trains_nothing(tmp_path):
     result = json.loads((out / "runs" / "focal" / "seed1.json").read_text())
     assert result["method_params"] == {"gamma": 1.0, "class_weights": None}
     assert len(result["history"]) == 2 and result["split"]["hash"]
+    leak = result["split"]["lesion_leak"]  # synthetic images come in "lesions" of 1-3
+    assert leak["test_lesions"] > 0 and leak["test_lesions_also_in_train"] == 0
+    assert "Lesion leak: none" in (out / "README.md").read_text()
     arrays = np.load(out / "runs" / "focal" / "seed1.npz")
     assert arrays["test_probs"].shape == (len(arrays["test_labels"]), 4)
 

@@ -112,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="small-cnn")
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=None, help="per run (default 20 for small-cnn, else 5)")
+    p.add_argument("--epochs", type=int, default=None, help="per run (default 12 for small-cnn, else 4)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each loop (epoch 0 of each is a warm-up)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    epochs = args.epochs or (20 if args.backbone == "small-cnn" else 5)
+    epochs = args.epochs or (12 if args.backbone == "small-cnn" else 4)
     if epochs < 2:
         p.error("--epochs must be >= 2 (epoch 0 is a warm-up)")
 

@@ -22,6 +22,7 @@ epoch by epoch (rotating order); round 0 is a warm-up; medians of the other roun
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -105,10 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up round)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for ltbench (default: --workers)")
+    p.add_argument("--malloc-tuned", action="store_true",
+                   help="rerun this script with glibc's mmap/trim thresholds raised (see README)")
     p.add_argument("--no-pil-cache", action="store_true", help="skip the per-item pipeline on 256 px JPEGs")
     args = p.parse_args(argv)
     w, h = (int(v) for v in args.source_size.lower().split("x"))
-    torch.set_num_threads(max(1, args.workers))
+    if args.malloc_tuned and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    torch.set_num_threads(args.threads or max(1, args.workers))
+    tuned = " (MALLOC_MMAP_THRESHOLD_ raised)" if "MALLOC_MMAP_THRESHOLD_" in os.environ else ""
 
     with tempfile.TemporaryDirectory(prefix="ltbench-throughput-") as tmp:
         tmp = Path(tmp)

@@ -48,13 +48,18 @@ def _load_all() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     importlib.import_module("ltbench.methods")
+    from ltbench.method import Method
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
-            ep.load()  # importing the module (or class) runs its @register_method
-        except Exception as exc:  # a broken plug-in must not hide the built-in methods
+            target = ep.load()  # importing the module runs its @register_method
+        except Exception as exc:
             raise LtbenchError(f"entry point {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+        # An entry point may also name a Method subclass directly: register it under its name.
+        if isinstance(target, type) and issubclass(target, Method) and target not in _METHODS.values():
+            register_method(ep.name)(target)
+    _loaded = True  # only once every plug-in loaded: a failure is reported again, not hidden
 
 
 def list_methods(pattern: str = "*") -> list[str]:
@@ -77,5 +82,5 @@ def create_method(name: str, **params) -> "Method":
     cls = get_method_class(name)
     try:
         return cls(**params)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise LtbenchError(f"method {name!r}: bad parameters {params}: {exc}") from None

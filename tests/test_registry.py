@@ -143,3 +143,28 @@ def test_a_broken_plugin_raises_ltbench_error_naming_its_entry_point(plugin_path
     )
     with pytest.raises(LtbenchError, match="broken.*missing dependency"):
         list_methods()
+
+
+def test_an_entry_point_may_name_an_undecorated_class(plugin_path):
+    _make_distribution(
+        plugin_path, "ltbench_plugin_cls",
+        source='''
+            import torch.nn.functional as F
+            from ltbench import LossMethod
+
+            class Plain(LossMethod):
+                def loss(self, logits, labels):
+                    return F.cross_entropy(logits, labels)
+        ''',
+        entry_points=f"[{ENTRY_POINT_GROUP}]\nplain_cls = ltbench_plugin_cls:Plain\n",
+    )
+    try:
+        assert "plain_cls" in list_methods()
+        assert create_method("plain_cls").name == "plain_cls"
+    finally:
+        unregister_method("plain_cls")
+
+
+def test_invalid_parameter_values_are_one_ltbench_error():
+    with pytest.raises(LtbenchError, match="'ecl'.*E1"):
+        create_method("ecl", E1=60, E2=50)

@@ -148,10 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'ltbench':10s} {med_ours:15.4f} {min(ours):8.4f} {max(ours):8.4f}")
     print(f"{'bare loop':10s} {med_bare:15.4f} {min(bare):8.4f} {max(bare):8.4f}")
     print(f"same losses in both loops: max |difference| of the epoch losses = {max(gaps):.2e}")
-    ratio = med_ours / med_bare
-    ok = "OK" if ratio <= TARGET else "MISSED"
-    print(f"ltbench {med_ours:.4f} s/epoch | bare loop {med_bare:.4f} s/epoch | ratio {ratio:.3f} "
-          f"(median of paired ratios {paired:.3f}) (target <= {TARGET:.2f}) {ok}")
+    # Headline: the median of the per-epoch ratios of adjacent (same-load) epochs; the ratio of the
+    # two medians is also shown but mixes epochs that ran under different machine load.
+    ok = "OK" if paired <= TARGET else "MISSED"
+    print(f"ltbench {med_ours:.4f} s/epoch | bare loop {med_bare:.4f} s/epoch | ratio {paired:.3f} "
+          f"(median of paired per-epoch ratios; ratio of medians {med_ours / med_bare:.3f}) "
+          f"(target <= {TARGET:.2f}) {ok}")
     return 0
 
 

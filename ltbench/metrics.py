@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+from scipy.stats import rankdata
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 HEADLINE = ("acc", "sen", "pre", "f1", "auc")
 HEADLINE_LABELS = {"acc": "Acc", "sen": "Sen", "pre": "Pre", "f1": "F1", "auc": "AUC"}
@@ -75,14 +76,20 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names: Sequence
 def macro_ovr_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     """Mean one-vs-rest ROC AUC (percent) over classes with both positives and negatives; else NaN.
 
-    Computed class by class because scikit-learn's multi-class AUC raises when a class is absent.
+    Each class's AUC is the Mann-Whitney statistic ``(R_pos − n_pos(n_pos+1)/2) / (n_pos·n_neg)``
+    with average ranks for ties — exactly ``roc_auc_score`` (tested), for all classes in one
+    vectorised pass: scikit-learn's per-class input checks cost ~30 ms per validation epoch.
     """
-    aucs = []
-    for c in range(probs.shape[1]):
-        positives = labels == c
-        if positives.any() and not positives.all():
-            aucs.append(roc_auc_score(positives, probs[:, c]))
-    return _pct(float(np.mean(aucs))) if aucs else float("nan")
+    onehot = labels[:, None] == np.arange(probs.shape[1])[None, :]
+    n_pos = onehot.sum(axis=0)
+    n_neg = len(labels) - n_pos
+    scorable = (n_pos > 0) & (n_neg > 0)
+    if not scorable.any():
+        return float("nan")
+    ranks = rankdata(probs[:, scorable], axis=0)  # average ranks for ties
+    pos = n_pos[scorable]
+    aucs = ((ranks * onehot[:, scorable]).sum(axis=0) - pos * (pos + 1) / 2) / (pos * n_neg[scorable])
+    return _pct(float(np.mean(aucs)))
 
 
 def row_normalize(cm: np.ndarray) -> np.ndarray:

@@ -139,3 +139,17 @@ def test_headline_labels_cover_headline():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError):
         compute_metrics(np.array([0, 1]), np.zeros((2, 3)), ["a", "b"])
+
+
+def test_auc_equals_scikit_learn_class_by_class_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from ltbench.metrics import macro_ovr_auc
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 5, 200)
+    labels[labels == 3] = 4  # class 3 absent: skipped, not an error
+    probs = np.round(rng.random((200, 5)), 1)  # coarse values: many ties
+    probs /= probs.sum(axis=1, keepdims=True)
+    expected = np.mean([roc_auc_score(labels == c, probs[:, c]) for c in (0, 1, 2, 4)])
+    assert macro_ovr_auc(labels, probs) == pytest.approx(100 * expected, abs=1e-9)

@@ -252,6 +252,9 @@ class ColorJitter:
     p: float = 1.0
 
 
+CPU_CHUNK = 16  # images per chunk when augmenting on the CPU
+
+
 class BatchAugment(torch.nn.Module):
     """uint8 N×3×H×W → float32 N×3×S×S, augmented with per-sample random parameters, normalised.
 
@@ -286,6 +289,17 @@ class BatchAugment(torch.nn.Module):
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Augment a batch; the same ``generator`` state gives the same output."""
         _check_batch(images)
+        if images.device.type == "cpu" and images.shape[0] > CPU_CHUNK:
+            # A 64×3×224×224 float batch (38 MB) is above glibc's mmap threshold, so each
+            # intermediate tensor would be freshly mapped and page-faulted; chunks of 16 images
+            # stay in reusable heap memory (≈1.3-1.5× faster on CPU; see benchmarks/throughput.py).
+            out = torch.empty((images.shape[0], 3, self.size, self.size), dtype=torch.float32)
+            for start in range(0, images.shape[0], CPU_CHUNK):
+                out[start:start + CPU_CHUNK] = self._augment(images[start:start + CPU_CHUNK], generator)
+            return out
+        return self._augment(images, generator)
+
+    def _augment(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
         x = self._geometry(images, generator)  # a new float32 tensor, so later ops may be in place
         x = self._colour(x, generator)
         return self._normalise(x)

@@ -24,6 +24,23 @@ def run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess
     return subprocess.run([str(LTBENCH), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
 
 
+def run_inline(*args: str, capsys, monkeypatch, cwd: Path) -> subprocess.CompletedProcess:
+    """The same CLI entry point in this process (no interpreter start-up): for the many error paths."""
+    from ltbench.cli import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("LTBENCH_CACHE", str(cwd / ".cache"))
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path):
+    return lambda *args: run_inline(*args, capsys=capsys, monkeypatch=monkeypatch, cwd=tmp_path)
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -60,67 +77,67 @@ def test_unknown_method(tmp_path):
     assert_one_line_error(run("train", "--method", "nope", cwd=tmp_path), "unknown method 'nope'", "ce")
 
 
-def test_unknown_dataset(tmp_path):
-    assert_one_line_error(run("train", "--method", "ce", "--dataset", "mnist", cwd=tmp_path),
+def test_unknown_dataset(tmp_path, cli):
+    assert_one_line_error(cli("train", "--method", "ce", "--dataset", "mnist"),
                           "unknown dataset 'mnist'", "digits-lt")
 
 
-def test_missing_data_root(tmp_path):
+def test_missing_data_root(tmp_path, cli):
     proc = run("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(tmp_path / "absent"),
                cwd=tmp_path)
     assert_one_line_error(proc, "--data-root", "absent")
-    assert_one_line_error(run("train", "--method", "ce", "--dataset", "isic2019", cwd=tmp_path), "--data-root")
+    assert_one_line_error(cli("train", "--method", "ce", "--dataset", "isic2019"), "--data-root")
 
 
-def test_csv_with_wrong_columns(tmp_path):
+def test_csv_with_wrong_columns(tmp_path, cli):
     root = tmp_path / "data"
     gt = make_isic2018_layout(root)
     gt.rename(columns={"VASC": "VASCULAR"}).to_csv(root / f"{T18}_Training_GroundTruth.csv", index=False)
-    proc = run("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(root), cwd=tmp_path)
+    proc = cli("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(root))
     assert_one_line_error(proc, f"{T18}_Training_GroundTruth.csv", "VASCULAR")
 
 
-def test_image_listed_but_absent(tmp_path):
+def test_image_listed_but_absent(tmp_path, cli):
     root = tmp_path / "data"
     gt = make_isic2018_layout(root)
     missing = gt["image"].iloc[3]
     (root / f"{T18}_Training_Input" / f"{missing}.jpg").unlink()
-    proc = run("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(root), cwd=tmp_path)
+    proc = cli("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(root))
     assert_one_line_error(proc, missing)
 
 
-def test_corrupt_jpeg(tmp_path):
+def test_corrupt_jpeg(tmp_path, cli):
     root = tmp_path / "data"
     gt = make_isic2018_layout(root)
     bad = root / f"{T18}_Training_Input" / f"{gt['image'].iloc[5]}.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
-    proc = run("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(root),
-               "--epochs", "1", cwd=tmp_path)
+    proc = cli("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(root),
+               "--epochs", "1")
     assert_one_line_error(proc, "cannot decode image", bad.name)
 
 
-def test_bad_benchmark_files(tmp_path):
-    missing = run("bench", "--benchmark", str(tmp_path / "none.yaml"), cwd=tmp_path)
+def test_bad_benchmark_files(tmp_path, cli):
+    missing = cli("bench", "--benchmark", str(tmp_path / "none.yaml"))
     assert_one_line_error(missing, "none.yaml", "no such file")
     typo = tmp_path / "typo.yaml"
     typo.write_text("dataset: synthetic\nmethods: [ce]\ntrain: {epoch: 3}\n")
-    assert_one_line_error(run("bench", "--benchmark", str(typo), cwd=tmp_path), "typo.yaml", "epoch")
+    assert_one_line_error(cli("bench", "--benchmark", str(typo)), "typo.yaml", "epoch")
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("dataset: synthetic\nmethods: [ce, nope]\n")
-    assert_one_line_error(run("bench", "--benchmark", str(unknown), cwd=tmp_path), "unknown method 'nope'")
+    assert_one_line_error(cli("bench", "--benchmark", str(unknown)), "unknown method 'nope'")
 
 
-def test_bad_option_values(tmp_path):
-    assert_one_line_error(run("train", "--method", "ce", "--epochs", "0", cwd=tmp_path), "epochs")
-    assert_one_line_error(run("train", "--method", "focal", "--param", "gama=1", cwd=tmp_path), "focal", "gama")
-    assert_one_line_error(run("train", "--method", "ce", "--device", "cuda:7", cwd=tmp_path), "--device")
-    assert_one_line_error(run("report", str(tmp_path / "nothing"), cwd=tmp_path), "nothing")
+def test_bad_option_values(tmp_path, cli):
+    assert_one_line_error(cli("train", "--method", "ce", "--epochs", "0"), "epochs")
+    assert_one_line_error(cli("train", "--method", "focal", "--param", "gama=1"), "focal", "gama")
+    assert_one_line_error(cli("train", "--method", "ce", "--device", "cuda:7"), "--device")
+    assert_one_line_error(cli("report", str(tmp_path / "nothing")), "nothing")
 
 
-def test_lists(tmp_path):
-    methods = run("methods", cwd=tmp_path)
+def test_lists(tmp_path, cli):
+    methods = cli("methods")
     assert methods.returncode == 0 and "focal" in methods.stdout and "gamma=2.0" in methods.stdout
-    datasets = run("datasets", cwd=tmp_path)
+    datasets = cli("datasets")
     assert datasets.returncode == 0
     for name in ("digits-lt", "synthetic", "isic2018", "isic2019"):
         assert name in datasets.stdout

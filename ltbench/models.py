@@ -8,17 +8,23 @@ from __future__ import annotations
 import urllib.error
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 from ltbench.errors import LtbenchError
 
+if TYPE_CHECKING:
+    import torchvision
+
+# torchvision is imported only when a ResNet is built: it costs seconds at every CLI start.
+# ImageNet weights: IMAGENET1K_V1, what `pretrained=True` gives in the reference codebases (ECL).
 _RESNETS = {
-    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet18": ("resnet18", "ResNet18_Weights"),
+    "resnet34": ("resnet34", "ResNet34_Weights"),
+    "resnet50": ("resnet50", "ResNet50_Weights"),
 }
 BACKBONES = (*_RESNETS, "small-cnn")
 
@@ -96,7 +102,11 @@ def build_backbone(name: str, pretrained: str | None = None) -> Backbone:
         return Backbone(body, dim, name)
     if name not in _RESNETS:
         raise LtbenchError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
-    factory, weights = _RESNETS[name]
+    import torchvision
+
+    factory_name, weights_name = _RESNETS[name]
+    factory = getattr(torchvision.models, factory_name)
+    weights = getattr(torchvision.models, weights_name).IMAGENET1K_V1
     net = factory(weights=None)
     if pretrained:
         state = load_weights(pretrained, weights)
@@ -117,7 +127,7 @@ def build_backbone(name: str, pretrained: str | None = None) -> Backbone:
     return Backbone(net, dim, name)
 
 
-def load_weights(source: str, weights: torchvision.models.WeightsEnum) -> dict[str, Tensor]:
+def load_weights(source: str, weights: "torchvision.models.WeightsEnum") -> dict[str, Tensor]:
     """Read a state dict from "imagenet" (torchvision's URL), an http(s) URL or a local file."""
     url = weights.url if source == "imagenet" else source
     if url.startswith(("http://", "https://")):

@@ -148,7 +148,7 @@ class Trainer:
         history: list[dict] = []
         best = (-math.inf, -1, None, None, None)  # score, epoch, model state, method state, val output
         bar = tqdm(total=cfg.epochs * info.steps_per_epoch, desc=self.desc or method.name, unit="step",
-                   disable=not self.progress, leave=False, dynamic_ncols=True)
+                   disable=None if self.progress else True, leave=False, dynamic_ncols=True)  # None: bar only on a terminal
         for epoch in range(cfg.epochs):
             lr = cosine_lr(cfg.lr, epoch, cfg.epochs)
             for group in optimizer.param_groups:

@@ -140,7 +140,8 @@ def _decode_all(paths: list[Path], size: int, out: np.ndarray, workers: int) -> 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [pool.submit(work, i) for i in range(len(paths))]
         try:
-            bar = tqdm(total=len(paths), desc=f"decoding images to {size}px", unit="img", leave=False)
+            bar = tqdm(total=len(paths), desc=f"decoding images to {size}px", unit="img", leave=False,
+                       disable=None)  # None: no bar when stderr is not a terminal (logs, CI)
             with bar:
                 for fut in as_completed(futures):
                     fut.result()  # re-raises the first LtbenchError here

@@ -271,3 +271,22 @@ def test_official_split() -> None:
         make_split(no_official, "official")
     with pytest.raises(LtbenchError, match="unknown kind 'random'"):
         make_split(s, "random")
+
+
+def test_kfold_splits_use_only_the_official_training_images_when_official_parts_exist():
+    from ltbench.data.datasets import load_dataset
+
+    base = load_dataset("synthetic")
+    n = len(base)
+    official = np.array(["train"] * n, dtype=object)
+    official[::7] = "test"  # some rows of every class belong to an official test set
+    official[3::7] = "val"
+    image_set = ImageSet(ids=base.ids, labels=base.labels, class_names=base.class_names, pixels=base.pixels,
+                         groups=base.groups, official_split=official)
+    for kind in ("grouped", "stratified"):
+        split = make_split(image_set, kind=kind, seed=0)
+        used = np.concatenate([split.train, split.val, split.test])
+        assert set(official[used]) == {"train"}, kind
+        assert len(used) == int((official == "train").sum())
+    split = make_split(image_set, kind="official")
+    assert set(official[split.test]) == {"test"} and set(official[split.val]) == {"val"}

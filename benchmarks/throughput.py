@@ -116,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     torch.set_num_threads(args.threads or max(1, args.workers))
-    tuned = " (MALLOC_MMAP_THRESHOLD_ raised)" if "MALLOC_MMAP_THRESHOLD_" in os.environ else ""
 
     with tempfile.TemporaryDirectory(prefix="ltbench-throughput-") as tmp:
         tmp = Path(tmp)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from matplotlib.figure import Figure
 from tabulate import tabulate
 
 from ltbench.errors import LtbenchError
+from ltbench.fileio import atomic_write
 from ltbench.metrics import GROUPS, HEADLINE, HEADLINE_LABELS
 
 GROUP_LABELS = {"head": "Head", "medium": "Medium", "tail": "Tail"}
@@ -366,16 +365,3 @@ def _readme(ctx: dict[str, str], table: str, per_method: list[tuple[str, str]]) 
     return "\n".join(lines)
 
 
-def atomic_write(path: Path, data: str | bytes) -> Path:
-    """Write via a temp file in the same directory and ``os.replace`` (atomic on POSIX)."""
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            os.fchmod(fh.fileno(), 0o644)  # mkstemp's 0600 would hide reports from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

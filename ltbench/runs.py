@@ -12,7 +12,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 from ltbench.data.base import ImageSet, Split
 from ltbench.data.datasets import get_dataset, load_dataset
 from ltbench.errors import LtbenchError
+from ltbench.fileio import atomic_write
 from ltbench.method import Method
 from ltbench.registry import create_method
 from ltbench.trainer import DataBundle, TrainConfig, Trainer
@@ -109,30 +109,12 @@ def run_key(method: str, params: dict, seed: int, config: TrainConfig, data: Dat
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     import io
 
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
 
 
 def result_paths(out_dir: Path, method: str, seed: int) -> tuple[Path, Path]:
@@ -204,7 +186,7 @@ def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data
         "arrays": npz_path.name,
     }
     _atomic_savez(npz_path, output.arrays)
-    atomic_write_text(json_path, json.dumps(_jsonable(result), indent=1, allow_nan=True))
+    atomic_write(json_path, json.dumps(_jsonable(result), indent=1, allow_nan=True))
     return result, True
 
 

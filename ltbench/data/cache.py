@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ltbench.data.base import ImageSet
 from ltbench.errors import LtbenchError
+from ltbench.fileio import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -98,17 +99,6 @@ def _cache_valid(npy: Path, manifest_path: Path, manifest: dict) -> bool:
     return saved == manifest and arr.dtype == np.uint8 and arr.shape == (manifest["count"], size, size, 3)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------------------------------- build
 
 
@@ -128,7 +118,7 @@ def _build(paths: list[Path], size: int, npy: Path, manifest_path: Path, manifes
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _write_atomic(manifest_path, json.dumps(manifest))
+    atomic_write(manifest_path, json.dumps(manifest))
 
 
 def _decode_all(paths: list[Path], size: int, out: np.ndarray, workers: int) -> None:

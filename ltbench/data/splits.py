@@ -7,8 +7,6 @@ test (docs/spec data.md).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pandas as pd
 from ltbench.data.base import ImageSet, Split
 from ltbench.data.isic import read_csv
 from ltbench.errors import LtbenchError
+from ltbench.fileio import atomic_write
 
 KINDS = ("grouped", "stratified", "ecl", "csv", "official")
 PARTS = ("train", "val", "test")
@@ -246,16 +245,7 @@ def write_split_csv(image_set: ImageSet, split: Split, path: Path) -> None:
         })
         for part, rows in split.parts().items()
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename: a crash never leaves a half-written split file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            pd.concat(frames, ignore_index=True).to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, pd.concat(frames, ignore_index=True).to_csv(index=False, lineterminator="\n"))
 
 
 def read_split_csv(image_set: ImageSet, path: Path) -> Split:

@@ -12,7 +12,6 @@ The resampling samplers draw as many images per epoch as the instance sampler, s
 """
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
@@ -104,7 +103,3 @@ def eval_batches(pixels: np.ndarray, rows: np.ndarray, batch_size: int, device: 
     rows = np.asarray(rows)
     for start in range(0, len(rows), batch_size):
         yield to_device(pixels[rows[start:start + batch_size]], device)
-
-
-def num_batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)

@@ -1,0 +1,354 @@
+"""The evidence part of a benchmark report, from the saved result files alone (issue 12).
+
+For every method: 95 % bootstrap confidence intervals of the headline metrics, a paired test
+against a baseline (Holm-adjusted over the methods), calibration (ECE, NLL, Brier), the worst
+class's recall, and flags for runs that collapsed (a single predicted class, best epoch 0); a
+majority-class row shows what "always predict the head" scores. The numbers come from
+``ltbench.evidence``; this module only gathers the runs' arrays, lays out tables and draws figures.
+
+Figures: metric bars with error bars, per-class recall across methods (classes head → tail),
+reliability diagrams, training curves (validation metric per epoch, one line per seed).
+"""
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from tabulate import tabulate
+
+from ltbench import evidence as ev
+from ltbench.metrics import HEADLINE, HEADLINE_LABELS
+
+SIGNIFICANCE = 0.05
+MAJORITY_ROW = "majority class"
+
+
+@dataclass
+class RunArrays:
+    method: str
+    seed: int
+    result: dict
+    test_labels: np.ndarray
+    test_probs: np.ndarray
+
+
+@dataclass
+class Evidence:
+    """Everything the evidence tables and figures show; ``missing`` lists runs without arrays."""
+
+    methods: list[str]
+    baseline: str | None
+    intervals: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    paired: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    calibration: pd.DataFrame | None = None
+    flags: dict[str, list[str]] = field(default_factory=dict)
+    majority: dict[str, float] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    resamples: int = ev.BOOTSTRAP_RESAMPLES
+    seed: int = ev.BOOTSTRAP_SEED
+
+
+def load_run_arrays(run_dir: Path, results: Sequence[dict]) -> tuple[list[RunArrays], list[str]]:
+    """The test labels/probabilities saved beside each result; runs without them are listed."""
+    found, missing = [], []
+    for r in results:
+        path = Path(run_dir) / str(r["method"]) / str(r.get("arrays") or f"seed{r['seed']}.npz")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                labels, probs = npz["test_labels"], npz["test_probs"]
+        except (OSError, KeyError, ValueError):
+            missing.append(f"{r['method']} seed {r['seed']}")
+            continue
+        found.append(RunArrays(str(r["method"]), int(r["seed"]), r, np.asarray(labels), np.asarray(probs)))
+    return found, missing
+
+
+def compute_evidence(runs: list[RunArrays], methods: Sequence[str], baseline: str | None = "ce",
+                     resamples: int = ev.BOOTSTRAP_RESAMPLES, seed: int = ev.BOOTSTRAP_SEED) -> Evidence:
+    """Bootstrap CIs, paired tests vs ``baseline`` (if present), calibration and flags per method."""
+    methods = [m for m in methods if any(r.method == m for r in runs)]
+    baseline = baseline if baseline in methods else None
+    out = Evidence(methods=methods, baseline=baseline, resamples=resamples, seed=seed)
+    if not runs:
+        return out
+    labels = runs[0].test_labels
+    if any(r.test_labels.shape != labels.shape or (r.test_labels != labels).any() for r in runs):
+        raise ValueError("runs disagree on the test labels: not one split")
+    counts = ev.stratified_bootstrap_counts(labels, resamples, seed)
+    resampled = {(r.method, r.seed): ev.resampled_metrics(labels, r.test_probs, counts) for r in runs}
+    by_method = {m: sorted((r for r in runs if r.method == m), key=lambda r: r.seed) for m in methods}
+
+    for m in methods:
+        out.intervals[m] = {k: ev.pooled_interval([resampled[(m, r.seed)][k] for r in by_method[m]])
+                            for k in HEADLINE}
+    if baseline is not None:
+        raw: dict[str, dict[str, float]] = {k: {} for k in HEADLINE}
+        for m in methods:
+            if m == baseline:
+                continue
+            seeds = sorted({r.seed for r in by_method[m]} & {r.seed for r in by_method[baseline]})
+            out.paired[m] = {}
+            for k in HEADLINE:
+                if not seeds:
+                    out.paired[m][k] = {"delta": math.nan, "p": math.nan}
+                    continue
+                delta = float(np.mean([_run(by_method[m], s).result["test"][k]
+                                       - _run(by_method[baseline], s).result["test"][k] for s in seeds]))
+                p = ev.paired_bootstrap_p([resampled[(m, s)][k] for s in seeds],
+                                          [resampled[(baseline, s)][k] for s in seeds])
+                out.paired[m][k] = {"delta": delta, "p": p}
+                raw[k][m] = p
+        for k, ps in raw.items():  # Holm over the methods compared with the baseline, per metric
+            for m, adjusted in zip(ps, ev.holm(list(ps.values()))):
+                out.paired[m][k]["p_holm"] = adjusted
+
+    rows = []
+    for r in runs:
+        test = r.result["test"]
+        recall = test.get("per_class", {}).get("recall") or [math.nan]
+        rows.append({"method": r.method, "seed": r.seed,
+                     "ece": ev.expected_calibration_error(r.test_labels, r.test_probs),
+                     "nll": ev.negative_log_likelihood(r.test_labels, r.test_probs),
+                     "brier": ev.brier_score(r.test_labels, r.test_probs),
+                     "worst_class_recall": float(np.min(recall)),
+                     "best_epoch": r.result.get("best_epoch", math.nan)})
+        flags = out.flags.setdefault(r.method, [])
+        if np.unique(r.test_probs.argmax(axis=1)).size == 1:
+            flags.append(f"seed {r.seed} predicts a single class")
+        if r.result.get("best_epoch") == 0:
+            flags.append(f"seed {r.seed}: best epoch 0")
+    out.calibration = pd.DataFrame(rows)
+    train_counts = runs[0].result.get("dataset", {}).get("class_counts", {}).get("train")
+    if train_counts:
+        out.majority = ev.majority_baseline(train_counts, labels)
+    return out
+
+
+def _run(runs: list[RunArrays], seed: int) -> RunArrays:
+    return next(r for r in runs if r.seed == seed)
+
+
+# ----------------------------------------------------------------------------- tables
+
+def _mean_std(values: Sequence[float]) -> str:
+    values = np.asarray(values, dtype=float)
+    if values.size == 0 or np.isnan(values).all():
+        return "n/a"
+    if values.size == 1:
+        return f"{values[0]:.2f}"
+    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def intervals_table(evidence: Evidence, summary: pd.DataFrame) -> str:
+    """Mean over seeds with its pooled 95 % bootstrap interval, per method and headline metric."""
+    rows = []
+    for m in evidence.methods:
+        row = summary.loc[summary["method"] == m].iloc[0]
+        cells = [m]
+        for k in HEADLINE:
+            low, high = evidence.intervals[m][k]
+            cells.append(f"{row[f'{k}_mean']:.2f} [{low:.2f}, {high:.2f}]")
+        rows.append(cells)
+    if evidence.majority:
+        rows.append([MAJORITY_ROW, *(f"{evidence.majority[k]:.2f}" for k in HEADLINE)])
+    return tabulate(rows, headers=["Method", *(HEADLINE_LABELS[k] for k in HEADLINE)],
+                    tablefmt="github", disable_numparse=True)
+
+
+def paired_table(evidence: Evidence) -> str:
+    """Mean paired difference to the baseline over seeds, with the Holm-adjusted p-value."""
+    rows = []
+    for m, per_metric in evidence.paired.items():
+        cells = [m]
+        for k in HEADLINE:
+            d = per_metric[k]
+            if math.isnan(d["delta"]):
+                cells.append("n/a")
+                continue
+            p = d.get("p_holm", d["p"])
+            mark = "" if p < SIGNIFICANCE else " (n.s.)"
+            shown = "p<0.001" if p < 0.001 else f"p={p:.3f}"
+            cells.append(f"{d['delta']:+.2f} ({shown}){mark}")
+        rows.append(cells)
+    return tabulate(rows, headers=["Method", *(f"Δ{HEADLINE_LABELS[k]}" for k in HEADLINE)],
+                    tablefmt="github", disable_numparse=True)
+
+
+def calibration_table(evidence: Evidence) -> str:
+    """ECE, NLL, Brier, worst-class recall and the best epochs, mean ± std over seeds."""
+    cal = evidence.calibration
+    rows = []
+    for m in evidence.methods:
+        part = cal[cal["method"] == m]
+        epochs = ", ".join(str(int(e)) for e in part["best_epoch"] if not math.isnan(e))
+        rows.append([m, _mean_std(part["ece"]), f"{_mean_std(part['nll'])}", _mean_std(part["brier"]),
+                     _mean_std(part["worst_class_recall"]), epochs or "?",
+                     "; ".join(evidence.flags.get(m, [])) or "—"])
+    headers = ["Method", "ECE (%)", "NLL", "Brier", "Worst-class recall", "Best epochs", "Flags"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def evidence_markdown(evidence: Evidence, summary: pd.DataFrame) -> str:
+    lines = ["# Evidence", ""]
+    if evidence.missing:
+        lines += [f"Runs without saved probabilities (left out here): {', '.join(evidence.missing)}.", ""]
+    if not evidence.methods:
+        return "\n".join(lines + ["No run has saved probabilities: nothing to compute.", ""])
+    lines += [
+        "## 95 % confidence intervals",
+        "",
+        f"Mean over seeds [percentile bootstrap interval]: {evidence.resamples} resamples of the test "
+        f"images (seed {evidence.seed}), drawn within each class so every class keeps its support; "
+        "each resample's metric is averaged over the seeds. The majority-class row always predicts "
+        "the training split's most frequent class.",
+        "",
+        intervals_table(evidence, summary),
+        "",
+    ]
+    if evidence.paired:
+        lines += [
+            f"## Paired comparison with `{evidence.baseline}`",
+            "",
+            "Δ = mean over the common seeds of metric(method) − metric(baseline). p: two-sided paired "
+            "bootstrap on the same resampled test images (seeds paired), Holm-adjusted over the "
+            f"methods of this table per metric; (n.s.) = not significant at {SIGNIFICANCE}. The test "
+            "assumes the test images are an independent sample of each class and treats the trained "
+            "models as fixed: the ± std over seeds in the summary shows the training randomness.",
+            "",
+            paired_table(evidence),
+            "",
+        ]
+    lines += [
+        "## Calibration and collapse",
+        "",
+        f"ECE: max-probability confidence, {ev.ECE_BINS} equal-width bins (Guo et al., ICML 2017). "
+        "NLL: mean −log p(true class), clipped at 1e-12. Brier: mean Σ_c (p_c − 1[c = y])², not "
+        "divided by C. Flags: a run whose test predictions use a single class, or whose best "
+        "validation epoch is 0.",
+        "",
+        calibration_table(evidence),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _grid(n: int, panel: tuple[float, float], max_cols: int = 4) -> tuple[Figure, list]:
+    cols = min(n, max_cols)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(panel[0] * cols, panel[1] * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = list(fig.subplots(rows, cols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def metric_bars_figure(summary: pd.DataFrame) -> bytes:
+    """One panel per headline metric: a bar per method, error bar = std over seeds."""
+    fig, axes = _grid(len(HEADLINE), (0.5 * len(summary) + 2.0, 3.2), max_cols=3)
+    for ax, k in zip(axes, HEADLINE):
+        means = summary[f"{k}_mean"].to_numpy()
+        stds = np.nan_to_num(summary[f"{k}_std"].to_numpy())
+        ax.bar(range(len(summary)), means, yerr=stds, capsize=3, color="#4c72b0")
+        ax.set_xticks(range(len(summary)), summary["method"], rotation=60, ha="right", fontsize=8)
+        finite = means[np.isfinite(means)]
+        low = max(0.0, float(np.min(finite - 5))) if finite.size else 0.0
+        ax.set_ylim(low, 100)
+        ax.set_title(f"{HEADLINE_LABELS[k]} (%)")
+    return _png(fig)
+
+
+def per_class_recall_figure(results: Sequence[dict], methods: Sequence[str]) -> bytes:
+    """Heat map: mean test recall per method (rows) and class (columns, head → tail)."""
+    import seaborn as sns
+
+    names = [str(n) for n in results[0]["test"]["per_class"]["name"]]
+    train = results[0].get("dataset", {}).get("class_counts", {}).get("train") or [0] * len(names)
+    order = sorted(range(len(names)), key=lambda i: (-int(train[i]), i))
+    matrix = np.array([[np.mean([r["test"]["per_class"]["recall"][i] for r in results if r["method"] == m])
+                        for i in order] for m in methods])
+    fig = Figure(figsize=(max(4.5, 1.5 + 0.7 * len(names)), 1.2 + 0.4 * len(methods)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    labels = [f"{names[i]}\n(n={train[i]})" for i in order]
+    sns.heatmap(matrix, ax=ax, vmin=0, vmax=100, cmap="viridis", annot=True, fmt=".0f",
+                annot_kws={"fontsize": 7}, xticklabels=labels, yticklabels=list(methods), cbar=False)
+    ax.set_xlabel("class (training count), head → tail")
+    ax.set_title("Test recall (%), mean over seeds")
+    ax.tick_params(axis="x", labelsize=7)
+    return _png(fig)
+
+
+def reliability_figure(runs: list[RunArrays], methods: Sequence[str]) -> bytes:
+    """Reliability diagram per method, seeds pooled: accuracy vs confidence per bin."""
+    fig, axes = _grid(len(methods), (2.6, 2.6))
+    centres = (np.arange(ev.ECE_BINS) + 0.5) / ev.ECE_BINS
+    for ax, m in zip(axes, methods):
+        mine = [r for r in runs if r.method == m]
+        labels = np.concatenate([r.test_labels for r in mine])
+        probs = np.concatenate([r.test_probs for r in mine])
+        bins = ev.reliability_bins(labels, probs)
+        acc = np.asarray(bins["accuracy"], dtype=float)
+        ax.bar(centres, np.nan_to_num(acc), width=1 / ev.ECE_BINS, edgecolor="black", linewidth=0.4)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
+        ece = ev.expected_calibration_error(labels, probs)
+        ax.set_title(f"{m} (ECE {ece:.1f} %)", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence", fontsize=8)
+        ax.set_ylabel("accuracy", fontsize=8)
+    return _png(fig)
+
+
+def training_curves_figure(results: Sequence[dict], methods: Sequence[str], metric: str) -> bytes:
+    """Validation ``metric`` per epoch, one line per seed, one panel per method."""
+    fig, axes = _grid(len(methods), (2.8, 2.3))
+    for ax, m in zip(axes, methods):
+        for r in sorted((r for r in results if r["method"] == m), key=lambda r: r["seed"]):
+            history = r.get("history") or []
+            epochs = [h["epoch"] for h in history]
+            values = [h.get("val", {}).get(metric, math.nan) for h in history]
+            ax.plot(epochs, values, linewidth=1, label=f"seed {r['seed']}")
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel(f"val {HEADLINE_LABELS.get(metric, metric)}", fontsize=8)
+        ax.legend(fontsize=6)
+    return _png(fig)
+
+
+def select_metric_of(results: Sequence[dict]) -> str:
+    found = {r.get("config", {}).get("select_metric", "acc") for r in results}
+    return found.pop() if len(found) == 1 else "acc"
+
+
+def evidence_outputs(results: Sequence[dict], run_dir: Path, summary: pd.DataFrame, methods: Sequence[str],
+                     baseline: str | None = "ce") -> dict[str, str | bytes]:
+    """File name -> content of the evidence tables and figures (``evidence.md``, four PNGs)."""
+    runs, missing = load_run_arrays(run_dir, results)
+    evidence = compute_evidence(runs, methods, baseline)
+    evidence.missing = missing
+    out: dict[str, str | bytes] = {"evidence.md": evidence_markdown(evidence, summary)}
+    if evidence.calibration is not None:
+        out["calibration.csv"] = evidence.calibration.to_csv(index=False, lineterminator="\n")
+    out["metrics.png"] = metric_bars_figure(summary)
+    out["per_class_recall.png"] = per_class_recall_figure(results, list(summary["method"]))
+    out["training_curves.png"] = training_curves_figure(results, list(summary["method"]),
+                                                        select_metric_of(results))
+    if evidence.methods:
+        out["reliability.png"] = reliability_figure(runs, evidence.methods)
+    return out

@@ -41,6 +41,34 @@ class Backbone(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.body(images)
 
+    def split_last_stage(self, blocks: int | None = None) -> tuple[nn.Module, nn.Module]:
+        """``(trunk, tail)`` with ``tail(trunk(x)) == self(x)``, split before the last stage.
+
+        The last stage is ``layer4`` of a torchvision ResNet and the last conv block of
+        ``small-cnn``; the tail ends with the global average pooling and the flatten, so it
+        returns the N×``out_dim`` features. ``blocks=k`` puts only the last k residual blocks of
+        that stage in the tail and the others in the trunk (BBN's official code duplicates the
+        last *block*); None means the whole stage.
+
+        Both modules hold this backbone's own layers (shared references, no copy): their
+        parameters are the backbone's, split without overlap. A caller that needs a second
+        tail (BBN's two branches) deep-copies it.
+        """
+        if self.arch in _RESNETS:
+            net = self.body  # torchvision ResNet, fc = Identity: conv1 .. layer4, avgpool, flatten
+            stem = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3]
+            stage = list(net.layer4)
+            pool = [net.avgpool, nn.Flatten(1)]
+        elif self.arch == "small-cnn":
+            layers = list(self.body)  # _small_cnn: 4 × (conv, bn, relu), pool, flatten
+            stem, stage, pool = layers[:-5], [nn.Sequential(*layers[-5:-2])], layers[-2:]
+        else:
+            raise LtbenchError(f"backbone {self.arch!r}: split_last_stage knows resnet18/34/50 and small-cnn")
+        k = len(stage) if blocks is None else blocks
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(stage):
+            raise ValueError(f"split_last_stage: blocks must be None or 1..{len(stage)} for {self.arch}, got {blocks}")
+        return nn.Sequential(*stem, *stage[:len(stage) - k]), nn.Sequential(*stage[len(stage) - k:], *pool)
+
 
 class Classifier(nn.Module):
     """Backbone followed by a classification head; ``forward`` returns logits."""

@@ -2,9 +2,10 @@
 
 Images per second delivered as TWO augmented 224 px views (float, normalised) — no network.
 
-* ltbench: the source JPEGs are decoded once into a uint8 256 px cache (``load_pixels``; this
+* ltbench: the source JPEGs are decoded once into a uint8 256 px cache (``load_images``; this
   one-off build is timed and reported separately), then ``TrainStream`` reads batches from the
-  array and applies the "standard" and "contrastive" presets to the whole batch on the device.
+  array and applies the "standard" and "contrastive" presets to the whole batch on the device
+  (with the originals' sizes, on which the contrastive crop is drawn, as in training).
 * ECL-like: a ``torch.utils.data.DataLoader`` over a Dataset that opens each JPEG with PIL and
   runs torchvision transforms per item, every epoch (ECL's ``augmentation_rand`` and
   ``augmentation_sim``), on the same source JPEGs.
@@ -35,7 +36,7 @@ from PIL import Image
 
 from ltbench.data.augment import get_augmentation
 from ltbench.data.base import ImageSet
-from ltbench.data.cache import load_pixels
+from ltbench.data.cache import load_images
 from ltbench.data.loader import TrainStream
 
 TARGET = 3.0
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                              paths=paths)
 
         t0 = time.perf_counter()
-        pixels = load_pixels(image_set, args.cache_size, tmp / "cache", workers=args.workers)
+        cached = load_images(image_set, args.cache_size, tmp / "cache", workers=args.workers)
+        pixels = cached.pixels
         build_s = time.perf_counter() - t0
         print(f"ltbench one-off cache build ({args.cache_size} px, {args.workers} threads): {build_s:.2f} s "
               f"= {len(paths) / build_s:.0f} img/s")
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         pipelines = {}
         stream = TrainStream(pixels, np.arange(len(paths)), labels, "instance", args.batch_size,
                              [get_augmentation("standard", args.size), get_augmentation("contrastive", args.size)],
-                             torch.device("cpu"), torch.Generator().manual_seed(0))
+                             torch.device("cpu"), torch.Generator().manual_seed(0), sizes=cached.sizes)
         pipelines["ltbench cached batch"] = lambda: epoch_ltbench(stream)
 
         def loader_for(files):

@@ -81,8 +81,9 @@ def test_numpy_nhwc_uint8_input() -> None:
 
 
 def test_unknown_preset_lists_known_ones() -> None:
-    with pytest.raises(LtbenchError, match="contrastive.*eval.*standard"):
-        A.get_augmentation("randaugment", 224)
+    with pytest.raises(LtbenchError,
+                       match="unknown augmentation 'no-such-preset'; known presets: .*contrastive.*eval.*standard"):
+        A.get_augmentation("no-such-preset", 224)
 
 
 def test_rejects_bad_shape() -> None:
@@ -315,3 +316,94 @@ def test_cuda_batch_matches_cpu() -> None:
     on_gpu = aug(images.cuda(), _gen(1))
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), aug(images, _gen(1)), atol=1e-3, rtol=0)
+
+
+# ------------------------------------------------------------------ registry and original sizes
+
+
+def test_builtin_presets_are_registered() -> None:
+    assert {"eval", "standard", "contrastive"} <= set(A.list_augmentations())
+    assert A.PRESETS["contrastive"] is A.contrastive_augment
+    A.register_augmentation("standard", A.standard_augment)  # the same factory again: a no-op
+    with pytest.raises(ValueError, match="'standard' is already registered"):
+        A.register_augmentation("standard", lambda size: A.BatchAugment(size))
+    with pytest.raises(TypeError, match="callable"):
+        A.register_augmentation("not-callable", 3)
+
+
+class _Recorder(torch.nn.Module):
+    """A third-party augmentation: remembers the sizes each call receives."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.inner = A.BatchAugment(size)
+        self.calls: list = []
+
+    def forward(self, images, generator=None, sizes=None):
+        self.calls.append(None if sizes is None else sizes.clone())
+        return self.inner(images, generator, sizes=sizes)
+
+
+def test_a_registered_factory_receives_original_sizes_through_train_stream() -> None:
+    from ltbench.data.loader import TrainStream
+
+    @A.register_augmentation("test-recorder")
+    def recorder(size: int) -> _Recorder:
+        return _Recorder(size)
+
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            A.register_augmentation("test-recorder", lambda size: _Recorder(size))
+        aug = A.get_augmentation("test-recorder", 8)
+        pixels = np.zeros((10, 12, 12, 3), dtype=np.uint8)
+        sizes = np.array([[100 + i, 200 + i] for i in range(10)])
+        rows = np.array([9, 1, 4, 6, 0])
+        stream = TrainStream(pixels, rows, np.zeros(5, dtype=np.int64), "instance", 2, [aug],
+                             torch.device("cpu"), _gen(0), sizes=sizes)
+        for batch in stream:
+            got = aug.calls[-1]
+            expected = sizes[rows[batch.indices.numpy()]]
+            assert got is not None and got.tolist() == expected.tolist()
+        assert len(aug.calls) == len(stream)
+        # Without sizes (in-memory datasets) the augmentation gets None.
+        list(TrainStream(pixels, rows, np.zeros(5, dtype=np.int64), "instance", 5, [aug], torch.device("cpu"), _gen(0)))
+        assert aug.calls[-1] is None
+    finally:
+        A.unregister_augmentation("test-recorder")
+    with pytest.raises(LtbenchError, match="unknown augmentation 'test-recorder'"):
+        A.get_augmentation("test-recorder", 8)
+
+
+def test_sizes_change_only_cropping_presets() -> None:
+    images = _random_uint8(6, 64, 64)
+    sizes = torch.tensor([[450, 600]] * 6)
+    for name in ("eval", "standard"):  # no crop: the originals' geometry cannot matter
+        aug = A.get_augmentation(name, S)
+        assert torch.equal(aug(images, _gen(1), sizes=sizes), aug(images, _gen(1)))
+    aug = A.get_augmentation("contrastive", S)
+    assert not torch.equal(aug(images, _gen(1), sizes=sizes), aug(images, _gen(1)))
+    # The square's own size given explicitly is the same as None.
+    assert torch.equal(aug(images, _gen(1), sizes=torch.tensor([[64, 64]] * 6)), aug(images, _gen(1)))
+    for bad in (torch.tensor([[450, 600]] * 5), torch.tensor([[450.0, 600.0]] * 6), torch.tensor([[0, 600]] * 6)):
+        with pytest.raises(ValueError, match="sizes must be positive integers"):
+            aug(images, _gen(1), sizes=bad)
+
+
+def test_rotation_corners_are_black_and_nothing_comes_from_outside_the_crop() -> None:
+    # White inside the crop box, grey around it: a 45° turn of the crop must show black corners
+    # (not the grey surround, as one affine grid over the whole image would) and only white inside.
+    img = torch.full((1, 3, 100, 100), 128, dtype=torch.uint8)
+    img[..., 25:75, 25:75] = 255
+    box = torch.tensor([[25.0, 25.0, 50.0, 50.0]])
+    no = torch.zeros(1, dtype=torch.bool)
+    grid = A.geometry_grid(box, 100, 100, no, no, torch.tensor([45.0]), S, (100, 100))
+    out = F.grid_sample(img.float() / 255, grid, align_corners=False)
+    values = set(out.flatten().round(decimals=5).tolist())
+    assert values == {0.0, 1.0}
+    # A square turned 45° inside its own frame covers the octagon 2(√2 − 1) ≈ 82.8 % of it.
+    corner_share = (out[0, 0] == 0).float().mean().item()
+    assert abs(corner_share - (1 - 2 * (2 ** 0.5 - 1))) < 0.01
+    # The whole-image affine grid of the landed code filled those corners with the grey surround.
+    theta = A.affine_matrices(box, 100, 100, no, no, torch.tensor([45.0])).float()
+    old = F.grid_sample(img.float() / 255, A.affine_grid(theta, (S, S)), align_corners=False)
+    assert ((old - 128 / 255).abs() < 1e-3).float().mean() > 0.1

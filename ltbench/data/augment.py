@@ -4,12 +4,24 @@ Training reads uint8 batches (N×3×H×W) from the pixel cache and augments them
 device the batch lives on, with no per-item PIL work. torchvision's v2 transforms would draw one
 set of random parameters for the whole batch, so the ops are written with plain tensor maths:
 
-* geometry (random resized crop, flips, rotation, resize to S×S) is one affine grid (built by
-  :func:`affine_grid`, equal to ``F.affine_grid``) + ``F.grid_sample`` per batch with one affine
-  matrix per sample; resize + flips alone skip the grid (exact resize, exact flips);
+* geometry (random resized crop, flips, rotation, resize to S×S) is ONE ``F.grid_sample`` pass per
+  batch with per-sample parameters, composed as torchvision composes the per-image ops: the crop
+  box is resized to S×S, flipped, then rotated *as a picture of its own* — sampling is clamped
+  inside the crop box (no pixel from outside it, no zero padding blended into an upscaled crop's
+  edge) and output pixels whose rotated position falls outside the crop square are black, as
+  ``RandomRotation``'s fill 0 (see :func:`geometry_grid`). Resize + flips alone skip the grid
+  (exact resize, exact flips);
 * colour (brightness, contrast, saturation, hue, grayscale) is vectorised with per-sample factors;
   the samples an op is applied to are gathered once (``index_select``) and written back
   (``index_copy_``), so skipped samples cost nothing and stay bit-identical.
+
+**Original geometry.** The cache squashes every image to a square, but ``RandomResizedCrop`` draws
+area and aspect ratio on the original H×W image. An augmentation is therefore called as
+``augment(images, generator, sizes=sizes)`` with ``sizes`` the per-image original (height, width)
+(int [N, 2]; None = each image is its own size, as for in-memory datasets): the box is drawn on
+H×W exactly as ``RandomResizedCrop.get_params`` draws it and mapped onto the cached square with a
+per-axis scale (the box's fractions of the image are kept exactly). Every factory registered with
+:func:`register_augmentation` returns a callable with this signature.
 
 Random parameters are drawn from the given ``torch.Generator`` and then moved to the batch's
 device, so a seed reproduces a batch exactly. Pass a CPU generator (or None: the global CPU RNG):
@@ -22,19 +34,24 @@ Differences from torchvision (all deliberate, for speed or precision):
 
 * colour ops run on float32 images; torchvision-on-PIL (what ECL uses) rounds to uint8 after each;
 * ColorJitter's four ops are applied in one random order per *batch* (torchvision: per image);
-* rotation interpolates bilinearly and pads with zeros (black). ECL's ``RandomRotation(90)`` on
-  PIL uses nearest-neighbour with fill 0; torchvision's tensor path additionally multiplies the
-  edge pixels by an interpolated mask. Only the one-pixel rim along the border differs;
-* the crop is sampled exactly like ``RandomResizedCrop.get_params`` (integer boxes, 10 attempts,
-  central fallback) but resampled with bilinear ``grid_sample``; large sources are first
-  antialias-resized (see :func:`presample_size`), so it is close to, not equal to, torchvision's
-  antialiased ``resized_crop``.
+* crop, resize and rotation are ONE bilinear resampling of the cached square (torchvision: an
+  antialiased resize of the crop, then a second resampling by the rotation — nearest-neighbour in
+  ECL's PIL pipeline), so ours is slightly sharper than a bilinear two-pass chain and smoother than
+  ECL's nearest rotation; which pixels are black (outside the rotated crop) is decided as PIL's
+  nearest rotation decides it (the output pixel centre maps outside the crop square);
+* the crop box is sampled like ``RandomResizedCrop.get_params`` (integer boxes on the original
+  geometry, 10 attempts, central fallback) but with all 10 attempts drawn at once, so the
+  distribution is torchvision's while the random stream is not. Upscaled crops equal
+  torchvision's ``resized_crop`` (≤ 1e-5); crops shrunk by ≤ 1.5× (≤ 1.14× in the ``contrastive``
+  preset from a 256 px cache) are not antialiased, and larger sources are first antialias-resized
+  (see :func:`presample_size`), so the resampling is close to, not equal to, torchvision's
+  antialiased ``resized_crop`` (tests/test_augment_fidelity.py states the tolerances).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -137,73 +154,165 @@ def _coin(n: int, p: float, generator: torch.Generator | None) -> Tensor:
     return _uniform(n, 0.0, 1.0, generator) < p
 
 
+def _as_sides(value: int | Tensor, n: int, device: torch.device | None = None) -> Tensor:
+    """An image side (one int for all, or one per sample) as float64 [n] on ``device`` (None: CPU)."""
+    t = torch.as_tensor(value, dtype=torch.float64, device=device)
+    return t.expand(n) if t.ndim == 0 else t.to(device=device, dtype=torch.float64)
+
+
 def sample_crop_boxes(
-    n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-    generator: torch.Generator | None = None,
+    n: int, height: int | Tensor, width: int | Tensor, scale: tuple[float, float],
+    ratio: tuple[float, float], generator: torch.Generator | None = None,
 ) -> Tensor:
     """``n`` boxes (top, left, h, w) as float64 [n, 4], drawn like ``RandomResizedCrop.get_params``.
 
-    Each sample gets 10 tries at an area in ``scale`` × image area and a log-uniform aspect ratio;
-    the first box that fits is kept, otherwise the central crop clamped to ``ratio``.
+    ``height``/``width``: the geometry the box is drawn on — one int for all samples or a
+    per-sample tensor [n] (each image's original size). Each sample gets 10 tries at an area in
+    ``scale`` × image area and a log-uniform aspect ratio; the first box that fits is kept,
+    otherwise torchvision's central fallback (the whole image, trimmed to the nearest allowed ratio).
     """
+    device = generator.device if generator is not None else None
+    height, width = _as_sides(height, n, device), _as_sides(width, n, device)
     shape = (n * _CROP_ATTEMPTS,)
-    area = _uniform(shape[0], *scale, generator).view(n, -1) * (height * width)
+    area = _uniform(shape[0], *scale, generator).view(n, -1) * (height * width).view(n, 1)
     log_r = _uniform(shape[0], math.log(ratio[0]), math.log(ratio[1]), generator).view(n, -1)
     aspect = log_r.exp()
-    w = (area * aspect).sqrt().round()
+    w = (area * aspect).sqrt().round()  # round half to even, as Python's round in torchvision
     h = (area / aspect).sqrt().round()
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    fits = (w > 0) & (w <= width.view(n, 1)) & (h > 0) & (h <= height.view(n, 1))
     first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # index of the first fitting try
     w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
-    fb_h, fb_w = _fallback_box(height, width, ratio)
+    fb_h, fb_w = _fallback_boxes(height, width, ratio)
     ok = fits.any(dim=1)
-    h = torch.where(ok, h, torch.full_like(h, fb_h))
-    w = torch.where(ok, w, torch.full_like(w, fb_w))
+    h = torch.where(ok, h, fb_h)
+    w = torch.where(ok, w, fb_w)
     # Integer offsets uniform in [0, H−h] as torch.randint would give; centred for the fallback.
-    top = (_uniform(n, 0.0, 1.0, generator) * (height - h + 1)).floor().clamp(max=height - h)
-    left = (_uniform(n, 0.0, 1.0, generator) * (width - w + 1)).floor().clamp(max=width - w)
+    top = (_uniform(n, 0.0, 1.0, generator) * (height - h + 1)).floor().minimum(height - h)
+    left = (_uniform(n, 0.0, 1.0, generator) * (width - w + 1)).floor().minimum(width - w)
     top = torch.where(ok, top, ((height - h) / 2).floor())
     left = torch.where(ok, left, ((width - w) / 2).floor())
     return torch.stack((top, left, h, w), dim=1)
 
 
-def _fallback_box(height: int, width: int, ratio: tuple[float, float]) -> tuple[float, float]:
-    """torchvision's fallback (h, w): the whole image, trimmed to the nearest allowed ratio."""
+def _fallback_boxes(height: Tensor, width: Tensor, ratio: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    """torchvision's fallback (h, w) per sample: the whole image, trimmed to the nearest allowed ratio."""
     in_ratio = width / height
-    if in_ratio < min(ratio):
-        return float(round(width / min(ratio))), float(width)
-    if in_ratio > max(ratio):
-        return float(height), float(round(height * max(ratio)))
-    return float(height), float(width)
+    low, high = min(ratio), max(ratio)
+    h = torch.where(in_ratio < low, (width / low).round(), height)
+    w = torch.where(in_ratio > high, (height * high).round(), width)
+    return h, w
 
 
 def affine_matrices(
-    boxes: Tensor | None, height: int, width: int, hflip: Tensor, vflip: Tensor, angle_deg: Tensor,
+    boxes: Tensor | None, height: int | Tensor, width: int | Tensor, hflip: Tensor, vflip: Tensor,
+    angle_deg: Tensor,
 ) -> Tensor:
     """Per-sample ``affine_grid`` matrices [n, 2, 3] (float64) mapping output to source coordinates.
 
-    The forward chain is torchvision's: crop ``boxes`` (None = whole image) → resize → h-flip →
-    v-flip → rotate counter-clockwise by ``angle_deg`` about the centre. The output is square, so
-    rotating in normalised coordinates keeps angles. The grid needs the inverse chain:
-    source = Crop · Flip · Rotate⁻¹ · output.
+    The forward chain is torchvision's: crop ``boxes`` (pixels of an H×W geometry; None = whole
+    image) → resize → h-flip → v-flip → rotate counter-clockwise by ``angle_deg`` about the centre.
+    Normalised coordinates are fractions of the image, so the same matrix maps the box onto a
+    cached copy of any size (a per-axis scale). The output is square, so rotating in normalised
+    coordinates keeps angles. The grid needs the inverse chain: source = Crop · Flip · Rotate⁻¹ · output.
+    This matrix alone samples outside the box where the rotation uncovers corners; the presets use
+    :func:`geometry_grid`, which clamps and masks.
     """
     n = hflip.shape[0]
     m = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+    m[:, :2, :] = _flip_rotate(hflip, vflip, angle_deg)
+    crop = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+    if boxes is not None:
+        centre, half = _box_centre_half(boxes, height, width)
+        crop[:, 0, 0], crop[:, 0, 2] = half[:, 0], centre[:, 0]
+        crop[:, 1, 1], crop[:, 1, 2] = half[:, 1], centre[:, 1]
+    return (crop @ m)[:, :2, :]
+
+
+def _flip_rotate(hflip: Tensor, vflip: Tensor, angle_deg: Tensor) -> Tensor:
+    """[n, 2, 3] float64: output coordinates → coordinates in the (flipped) crop, Flip · Rotate⁻¹."""
+    n = hflip.shape[0]
     theta = torch.deg2rad(angle_deg.to(torch.float64))
     cos, sin = theta.cos(), theta.sin()
+    sx = 1.0 - 2.0 * hflip.to(torch.float64)
+    sy = 1.0 - 2.0 * vflip.to(torch.float64)
+    m = torch.zeros(n, 2, 3, dtype=torch.float64)
     # Rotate⁻¹ with y pointing down: a CCW turn on screen is a clockwise one in (x, y) maths.
-    rot = m.clone()
-    rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1] = cos, -sin, sin, cos
-    flip = m.clone()
-    flip[:, 0, 0] = 1.0 - 2.0 * hflip.to(torch.float64)
-    flip[:, 1, 1] = 1.0 - 2.0 * vflip.to(torch.float64)
-    crop = m.clone()
-    if boxes is not None:
-        top, left, h, w = boxes.to(torch.float64).unbind(dim=1)
-        # Output u ∈ [−1, 1] covers pixels [left, left + w) of the source (align_corners=False).
-        crop[:, 0, 0], crop[:, 0, 2] = w / width, (2 * left + w) / width - 1
-        crop[:, 1, 1], crop[:, 1, 2] = h / height, (2 * top + h) / height - 1
-    return (crop @ flip @ rot)[:, :2, :]
+    m[:, 0, 0], m[:, 0, 1] = sx * cos, -sx * sin
+    m[:, 1, 0], m[:, 1, 1] = sy * sin, sy * cos
+    return m
+
+
+def _box_centre_half(boxes: Tensor, height: int | Tensor, width: int | Tensor) -> tuple[Tensor, Tensor]:
+    """Centre and half extent [n, 2] (x, y) of each box in normalised coordinates ([−1, 1] = image)."""
+    n = boxes.shape[0]
+    height, width = _as_sides(height, n), _as_sides(width, n)
+    top, left, h, w = boxes.to(device="cpu", dtype=torch.float64).unbind(dim=1)
+    # Output u ∈ [−1, 1] covers pixels [left, left + w) of the source (align_corners=False).
+    centre = torch.stack(((2 * left + w) / width - 1, (2 * top + h) / height - 1), dim=1)
+    half = torch.stack((w / width, h / height), dim=1)
+    return centre, half
+
+
+# Where masked-out grid points are sent: far enough outside [−1, 1] that all four bilinear taps
+# fall in the zero padding, so grid_sample itself writes the exact 0 of RandomRotation's fill.
+_OUTSIDE = -4.0
+
+
+def geometry_grid(
+    boxes: Tensor | None, height: int | Tensor, width: int | Tensor, hflip: Tensor, vflip: Tensor,
+    angle_deg: Tensor, size: int, sampled: tuple[int, int], device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32, rotate: bool = True,
+) -> Tensor:
+    """The sampling grid [n, S, S, 2] of crop → resize → flips → rotation, as torchvision composes them.
+
+    ``boxes`` are in the H×W geometry ``height``/``width`` (per sample or shared; None = whole
+    image); ``sampled`` is the (h, w) of the tensor ``grid_sample`` reads (the cached square or
+    its presampled copy). In ECL's pipeline the rotation acts on the resized crop, so:
+
+    * sampling positions are clamped half a pixel (of ``sampled``) inside the crop box: bilinear
+      taps read only pixels of the box, as ``resized_crop`` (which resizes the cut-out crop with
+      edge clamping) does — no pixel from outside the box, no zero padding at an upscaled edge;
+    * an output pixel whose centre, rotated back, lies outside the crop square gets a grid point
+      far outside the image, so ``grid_sample`` (zero padding) returns black there: the corners
+      ``RandomRotation(fill=0)`` uncovers (PIL's nearest rule: the pixel centre decides).
+
+    One grid, one ``grid_sample``: no second resampling pass. ``rotate=False`` skips the mask
+    (no sample can leave the square without a rotation).
+    """
+    n = hflip.shape[0]
+    if boxes is None:
+        centre = torch.zeros(n, 2, dtype=torch.float64)
+        half = torch.ones(n, 2, dtype=torch.float64)
+    else:
+        centre, half = _box_centre_half(boxes, height, width)
+    # Clamp bound in crop coordinates: half a pixel of ``sampled`` inside the box edge (a box
+    # under one pixel wide collapses to its centre).
+    pixel = torch.tensor((1.0 / sampled[1], 1.0 / sampled[0]), dtype=torch.float64)
+    bound = (1.0 - pixel / half).clamp(min=0.0)
+    m = _flip_rotate(hflip, vflip, angle_deg)
+
+    def per_sample(v: Tensor) -> Tensor:
+        return v.to(device=device, dtype=dtype).view(n, 1, 1)
+
+    # x and y as separate contiguous S×S planes: elementwise ops on them are much faster than
+    # on the interleaved last dimension of an N×S×S×2 grid.
+    xs = (torch.arange(size, dtype=dtype, device=device) * 2 + 1) / size - 1
+    rs, gs = [], []
+    for axis in (0, 1):
+        # r: the position in the (flipped, rotated-back) crop square, [−1, 1] inside it; one full
+        # pass (the other terms broadcast over a row or a column only).
+        r = per_sample(m[:, axis, 0]) * xs.view(1, 1, size) + (per_sample(m[:, axis, 1]) * xs.view(1, size, 1)
+                                                                 + per_sample(m[:, axis, 2]))
+        lo = per_sample(centre[:, axis] - half[:, axis] * bound[:, axis])
+        hi = per_sample(centre[:, axis] + half[:, axis] * bound[:, axis])
+        gs.append(torch.addcmul(per_sample(centre[:, axis]), r, per_sample(half[:, axis])).clamp_(lo, hi))
+        rs.append(r)
+    gx, gy = gs
+    if rotate:
+        reach = rs[0].abs_()
+        outside = torch.maximum(reach, rs[1].abs_(), out=reach) >= 1.0
+        gx.masked_fill_(outside, _OUTSIDE)  # x alone far outside: all four taps read zero padding
+    return torch.stack((gx, gy), dim=-1)
 
 
 def affine_grid(theta: Tensor, size: tuple[int, int]) -> Tensor:
@@ -255,6 +364,15 @@ class ColorJitter:
 CPU_CHUNK = 16  # images per chunk when augmenting on the CPU
 
 
+class Geometry(NamedTuple):
+    """Per-sample geometric parameters (float64 / bool, on the generator's device)."""
+
+    boxes: Tensor | None  # [n, 4] (top, left, h, w) on the original geometry; None: no crop
+    hflip: Tensor  # bool [n]
+    vflip: Tensor  # bool [n]
+    angle: Tensor  # [n] degrees, counter-clockwise
+
+
 class BatchAugment(torch.nn.Module):
     """uint8 N×3×H×W → float32 N×3×S×S, augmented with per-sample random parameters, normalised.
 
@@ -286,33 +404,53 @@ class BatchAugment(torch.nn.Module):
                 f"vflip_p={self.vflip_p}, rotation_deg={self.rotation_deg}, "
                 f"jitter={self.jitter}, grayscale_p={self.grayscale_p}")
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Augment a batch; the same ``generator`` state gives the same output."""
+    def forward(self, images: Tensor, generator: torch.Generator | None = None,
+                sizes: Tensor | None = None) -> Tensor:
+        """Augment a batch; the same ``generator`` state gives the same output.
+
+        ``sizes``: each image's original (height, width), int [N, 2] (tensor or array) — the
+        geometry a random resized crop is drawn on; None: the batch's own H×W.
+        """
         _check_batch(images)
+        sizes = _check_sizes(sizes, images.shape[0])
         if images.device.type == "cpu" and images.shape[0] > CPU_CHUNK:
             # A 64×3×224×224 float batch (38 MB) is above glibc's mmap threshold, so each
             # intermediate tensor would be freshly mapped and page-faulted; chunks of 16 images
             # stay in reusable heap memory (≈1.3-1.5× faster on CPU; see benchmarks/throughput.py).
             out = torch.empty((images.shape[0], 3, self.size, self.size), dtype=torch.float32)
             for start in range(0, images.shape[0], CPU_CHUNK):
-                out[start:start + CPU_CHUNK] = self._augment(images[start:start + CPU_CHUNK], generator)
+                part = None if sizes is None else sizes[start:start + CPU_CHUNK]
+                out[start:start + CPU_CHUNK] = self._augment(images[start:start + CPU_CHUNK], generator, part)
             return out
-        return self._augment(images, generator)
+        return self._augment(images, generator, sizes)
 
-    def _augment(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
-        x = self._geometry(images, generator)  # a new float32 tensor, so later ops may be in place
+    def _augment(self, images: Tensor, generator: torch.Generator | None, sizes: Tensor | None) -> Tensor:
+        x = self._geometry(images, generator, sizes)  # a new float32 tensor: later ops may be in place
         x = self._colour(x, generator)
         return self._normalise(x)
 
-    def _geometry(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Crop / resize / flip / rotate to N×3×S×S."""
-        n, _, height, width = images.shape
+    def sample_geometry(self, n: int, height: int | Tensor, width: int | Tensor,
+                        generator: torch.Generator | None = None) -> Geometry:
+        """The random geometric parameters of ``n`` samples, in the order :meth:`forward` draws them.
+
+        ``height``/``width``: the geometry crop boxes are drawn on (ints or per-sample tensors).
+        A generator in the state :meth:`forward` receives gives exactly the parameters it uses
+        (for a batch of at most ``CPU_CHUNK`` images; larger CPU batches draw chunk by chunk).
+        """
         boxes = None
         if self.crop_scale is not None:
             boxes = sample_crop_boxes(n, height, width, self.crop_scale, self.crop_ratio, generator)
         hflip = _coin(n, self.hflip_p, generator)
         vflip = _coin(n, self.vflip_p, generator)
         angle = _uniform(n, -self.rotation_deg, self.rotation_deg, generator)
+        return Geometry(boxes, hflip, vflip, angle)
+
+    def _geometry(self, images: Tensor, generator: torch.Generator | None, sizes: Tensor | None) -> Tensor:
+        """Crop / resize / flip / rotate to N×3×S×S."""
+        n, _, height, width = images.shape
+        # The geometry the crop is drawn on: the originals', else the batch's own.
+        orig_h, orig_w = (height, width) if sizes is None else sizes.unbind(dim=1)
+        boxes, hflip, vflip, angle = self.sample_geometry(n, orig_h, orig_w, generator)
         if boxes is None and self.rotation_deg == 0:
             # Resize + flips only: an exact antialiased resize (= torchvision's Resize((S, S)))
             # and exact flips are both cheaper and sharper than a resampling grid.
@@ -325,10 +463,11 @@ class BatchAugment(torch.nn.Module):
         else:
             min_side = math.sqrt(self.crop_scale[0] * min(self.crop_ratio))
             x = _resized_unit_float(images, presample_size(height, width, self.size, min_side))
-        theta = affine_matrices(boxes, height, width, hflip, vflip, angle)
-        theta = theta.to(device=x.device, dtype=x.dtype)
-        grid = affine_grid(theta, (self.size, self.size))
-        # Zero padding: the corners a rotation uncovers are black, like RandomRotation's fill=0.
+        grid = geometry_grid(boxes, orig_h, orig_w, hflip, vflip, angle, self.size,
+                             (x.shape[-2], x.shape[-1]), device=x.device, dtype=x.dtype,
+                             rotate=self.rotation_deg != 0)
+        # Every grid point is inside the box or far outside the image: zero padding only makes
+        # the black corners, never blends into the box's edge.
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def _colour(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -357,6 +496,17 @@ def _check_batch(images: Tensor) -> None:
         raise ValueError(f"expected an N×3×H×W batch, got shape {tuple(images.shape)}")
     if images.dtype != torch.uint8 and not images.is_floating_point():
         raise ValueError(f"expected uint8 or float images, got {images.dtype}")
+
+
+def _check_sizes(sizes, n: int) -> Tensor | None:
+    """Per-image original sizes as int64 [n, 2] (height, width) on the CPU, or None."""
+    if sizes is None:
+        return None
+    t = torch.as_tensor(sizes).to(device="cpu")
+    if t.shape != (n, 2) or t.is_floating_point() or t.dtype == torch.bool or (t < 1).any():
+        raise ValueError(f"sizes must be positive integers of shape ({n}, 2) (height, width), "
+                         f"got {t.dtype} {tuple(t.shape)}")
+    return t.to(torch.int64)
 
 
 def _to_unit_float(images: Tensor) -> Tensor:
@@ -441,36 +591,93 @@ def _factor_op(
 _ECL_JITTER = ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)
 
 
+class Augmentation(Protocol):
+    """What a registered factory returns: ``augment(images, generator, sizes=None) -> views``.
+
+    ``images``: uint8 (or float in [0, 1]) N×3×H×W on the compute device; ``generator``: the
+    stream's ``torch.Generator`` (draw every random parameter from it, so a seed reproduces the
+    batch); ``sizes``: each image's original (height, width), int [N, 2], or None when the cached
+    pixels are the images' own size. Returns float32 N×3×S×S, normalised.
+    """
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None,
+                 sizes: Tensor | None = None) -> Tensor: ...
+
+
+#: The registry: preset name → factory ``factory(image_size) -> Augmentation``. Add entries with
+#: :func:`register_augmentation`, not by writing to the dict.
+PRESETS: dict[str, Callable[[int], Augmentation]] = {}
+
+F_ = TypeVar("F_", bound=Callable[[int], Augmentation])
+
+
+def register_augmentation(name: str, factory: F_ | None = None):
+    """Make ``factory(image_size) -> Augmentation`` available as the preset ``name``.
+
+    Same shape as :func:`ltbench.registry.register_method`: registering a *different* factory under
+    a taken name raises ``ValueError`` (the same one again is a no-op), so a plug-in cannot
+    silently replace a built-in preset. Use it directly, ``register_augmentation("mine", make)``,
+    or as a decorator, ``@register_augmentation("mine")``; a method's module (or plug-in) that
+    registers its preset at import time can then name it in ``Method.views``.
+    """
+    if factory is None:
+        return lambda f: register_augmentation(name, f)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"augmentation name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"augmentation {name!r}: factory must be callable, got {type(factory).__name__}")
+    known = PRESETS.get(name)
+    if known is not None and known is not factory:
+        raise ValueError(f"augmentation name {name!r} is already registered by "
+                         f"{getattr(known, '__module__', '?')}.{getattr(known, '__qualname__', known)}")
+    PRESETS[name] = factory
+    return factory
+
+
+def unregister_augmentation(name: str) -> None:
+    """Remove a registration (for tests and interactive work)."""
+    PRESETS.pop(name, None)
+
+
+def list_augmentations() -> list[str]:
+    """The registered preset names, sorted."""
+    return sorted(PRESETS)
+
+
+@register_augmentation("eval")
 def eval_augment(size: int) -> BatchAugment:
     """Deterministic: resize to S×S, normalise."""
     return BatchAugment(size)
 
 
+@register_augmentation("standard")
 def standard_augment(size: int) -> BatchAugment:
     """ECL's classifier view (``augmentation_rand``): resize S×S, h-flip, colour jitter p 0.8."""
     return BatchAugment(size, hflip_p=0.5, jitter=_ECL_JITTER)
 
 
+@register_augmentation("contrastive")
 def contrastive_augment(size: int) -> BatchAugment:
     """ECL's contrastive view (``augmentation_sim``).
 
-    RandomResizedCrop(S, scale 0.8–1), h- and v-flip, rotation uniform in ±90°, colour jitter
-    p 0.8, grayscale p 0.2.
+    RandomResizedCrop(S, scale 0.8–1) drawn on the original geometry, h- and v-flip, rotation
+    uniform in ±90° of the resized crop (black corners), colour jitter p 0.8, grayscale p 0.2.
     """
     return BatchAugment(size, crop_scale=(0.8, 1.0), hflip_p=0.5, vflip_p=0.5, rotation_deg=90.0,
                         jitter=_ECL_JITTER, grayscale_p=0.2)
 
 
-PRESETS: dict[str, Callable[[int], BatchAugment]] = {
-    "eval": eval_augment,
-    "standard": standard_augment,
-    "contrastive": contrastive_augment,
-}
-
-
-def get_augmentation(name: str, image_size: int) -> BatchAugment:
+def get_augmentation(name: str, image_size: int) -> Augmentation:
     """The preset ``name`` at ``image_size``; an unknown name raises :class:`LtbenchError`."""
+    if name not in PRESETS:
+        # Methods (and method plug-ins) may register their presets when they are imported.
+        from ltbench.registry import list_methods
+
+        list_methods()
     if name not in PRESETS:
         raise LtbenchError(
             f"unknown augmentation {name!r}; known presets: {', '.join(sorted(PRESETS))}")
     return PRESETS[name](image_size)
+
+
+from ltbench.data import randaugment as _randaugment  # noqa: E402,F401  registers "randaugment" (BCL)

@@ -67,8 +67,11 @@ class TrainStream:
 
     def __init__(self, pixels: np.ndarray, rows: np.ndarray, labels: np.ndarray, sampler: str,
                  batch_size: int, augmentations: Sequence, device: torch.device, generator: torch.Generator,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, sizes: np.ndarray | None = None) -> None:
+        # sizes: original (height, width) per row of ``pixels`` (int [N, 2]); each augmentation
+        # gets its batch's rows as ``sizes=`` (random resized crops are drawn on that geometry).
         self.pixels, self.rows, self.labels = pixels, np.asarray(rows), np.asarray(labels)
+        self.sizes = None if sizes is None else np.asarray(sizes, dtype=np.int64)
         self.sampler, self.batch_size = sampler, batch_size
         self.augmentations, self.device, self.generator = list(augmentations), device, generator
         self.channels_last = channels_last
@@ -77,22 +80,23 @@ class TrainStream:
     def __len__(self) -> int:
         return steps_per_epoch(len(self.rows), self.batch_size)
 
-    def _read(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _read(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, Tensor | None]:
         positions = np.sort(positions)  # ascending rows read a memory-mapped cache sequentially
         rows = self.rows[positions]
-        return self.pixels[rows], self.labels[positions], positions
+        sizes = None if self.sizes is None else torch.from_numpy(self.sizes[rows])
+        return self.pixels[rows], self.labels[positions], positions, sizes
 
     def __iter__(self) -> Iterator[Batch]:
         batches = epoch_indices(self.sampler, self.labels, self.batch_size, self.generator)
         pending = self._reader.submit(self._read, batches[0]) if batches else None
         for k in range(len(batches)):
-            pixels, labels, positions = pending.result()
+            pixels, labels, positions, sizes = pending.result()
             if k + 1 < len(batches):
                 pending = self._reader.submit(self._read, batches[k + 1])
             images = to_device(pixels, self.device)
             views = []
             for augment in self.augmentations:
-                view = augment(images, self.generator)
+                view = augment(images, self.generator, sizes=sizes)
                 views.append(view.contiguous(memory_format=torch.channels_last) if self.channels_last else view)
             yield Batch(views=views, labels=torch.from_numpy(labels).to(self.device, non_blocking=True),
                         indices=torch.from_numpy(positions))

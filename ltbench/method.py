@@ -4,12 +4,18 @@ A method is an ``nn.Module`` so that everything it keeps besides the network (pr
 proxies, class weights) lives in buffers and parameters and travels in its ``state_dict``.
 The trainer calls the hooks in a fixed order (docs/architecture.md)::
 
-    setup(info) -> build_model(backbone, info) -> streams from `views` / `samplers`
-    for epoch in range(E):
-        on_epoch_start(epoch)
-        for each step: loss = training_step(model, *batches); backward; optimiser step
-        validate with predict(model, x) -> on_epoch_end(epoch, val_metrics)
-    test with predict(model, x), using the best-validation checkpoint
+    setup(info) -> build_model(backbone, info) -> stages(info)
+    for each stage: its streams and views, its optimiser over the parts it trains
+        for epoch in the stage's epochs:
+            on_epoch_start(epoch)
+            for each step: loss = training_step(model, *batches); backward; optimiser step
+            validate with predict(model, x) -> on_epoch_end(epoch, val_metrics)
+    test with predict(model, x), using the best-validation checkpoint (selectable stages only)
+
+Streams and views: each entry of ``samplers`` is a sampler name (its stream gets ``views``) or
+``(sampler, (view, ...))`` with the stream's own views, e.g. Hybrid-SC's
+``(("instance", ("contrastive", "contrastive")), ("class_balanced", ("standard",)))``; only the
+declared views are computed. Stages (``ltbench.stages.Stage``): see :meth:`Method.stages`.
 
 Epochs are 0-indexed in the API; a method whose paper counts from 1 converts in its own code.
 Hyperparameters are the keyword arguments of ``__init__`` (scikit-learn's convention), stored
@@ -25,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ltbench.models import Backbone, Classifier
+from ltbench.stages import Stage, StreamSpec
 
 
 @dataclass(frozen=True)
@@ -63,11 +70,13 @@ class Method(nn.Module):
     """Base class of every method. Override only the hooks you need."""
 
     name: ClassVar[str] = ""  # set by @register_method
-    #: One augmentation preset per view (``ltbench.data.augment.PRESETS``).
+    #: One augmentation preset per view (``ltbench.data.augment.PRESETS``), for every stream
+    #: that does not name its own views.
     views: ClassVar[tuple[str, ...]] = ("standard",)
-    #: One sampler per stream: "instance", "class_balanced" or "reversed". With several,
+    #: One entry per stream: "instance", "class_balanced" or "reversed", or a pair
+    #: ``(sampler, (view, ...))`` giving that stream its own views. With several,
     #: ``training_step`` receives one Batch per stream, in this order.
-    samplers: ClassVar[tuple[str, ...]] = ("instance",)
+    samplers: ClassVar[tuple[StreamSpec, ...]] = ("instance",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,6 +99,22 @@ class Method(nn.Module):
     def build_model(self, backbone: Backbone, info: TrainInfo) -> nn.Module:
         """The network trained by the shared optimiser. Default: backbone + linear head."""
         return Classifier(backbone, nn.Linear(backbone.out_dim, info.num_classes))
+
+    def stages(self, info: TrainInfo) -> list[Stage]:
+        """The run as consecutive stages sharing ``info.epochs`` (``ltbench.stages``).
+
+        Default: one stage over the whole budget with the class attributes ``samplers`` and
+        ``views``, training the whole model at the config's lr (the single-stage run). Override
+        for multi-stage methods, e.g. representation then linear classifier::
+
+            [Stage(epochs=e1, samplers=(("class_balanced", ("contrastive", "contrastive")),),
+                   trains=("backbone", "head"), selectable=False),
+             Stage(samplers=(("instance", ("standard",)),), trains=("classifier",), lr=0.1)]
+
+        Called once, after ``setup`` and ``build_model``. The stage of an epoch follows from the
+        epoch alone (``ltbench.stages.stage_bounds`` / ``stage_index``).
+        """
+        return [Stage(samplers=tuple(self.samplers), views=tuple(self.views))]
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch

@@ -1,0 +1,63 @@
+"""SimCLR representation + focal-loss linear probe: the self-supervised contrastive workflow run on
+ISIC (SimCLR: Chen et al., ICML 2020, google-research/simclr; NT-Xent as HobbitLong/SupContrast's
+``SupConLoss(features)`` computes it with no labels; focal loss: Lin et al., ICCV 2017).
+
+Two stages in one epoch budget E (``ltbench.stages``), the shape of SCL (``methods/scl.py``):
+
+1. **Representation** (``E − E₂`` epochs, not selectable): NT-Xent (``supcon_loss(z, labels=None)``)
+   on the two ``contrastive`` views of **instance** batches — no labels are used; the only positive
+   of a view is the other view of the same image; the other 2B − 2 views are negatives.
+2. **Linear probe** (``E₂ = max(1, floor(classifier_fraction · E + 0.5))`` epochs): a Linear layer
+   on the frozen backbone (no gradient, BatchNorm in eval mode), trained with the softmax focal loss
+   (``ltbench.methods.focal.focal_loss``, γ = 2) on ``standard`` views of instance batches, lr 0.1,
+   weight decay 0 (SupContrast's ``main_linear.py``), cosine over its own epochs.
+
+Deviations: T = 0.1 (google-research/simclr's default ``--temperature``; SupContrast's scripts use
+0.5 for SimCLR on CIFAR; ``temperature`` sets it), no T/T_base rescaling; one budget E split by
+``classifier_fraction`` (SimCLR pre-trains for hundreds of epochs, then probes for 90–100); the run's
+SGD lr/momentum/weight decay in stage 1 instead of LARS at batch 4096; ECL's ``contrastive``
+augmentation preset instead of SimCLR's crop + strong jitter + blur; the probe trains on augmented
+(``standard``) views instead of SimCLR's centre crops; the probe's loss is focal, not CE, as in the
+ISIC workflow this row reproduces. ``joint=True`` trains NT-Xent + focal probe on detached
+features together in one stage.
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from ltbench.losses import supcon_loss
+from ltbench.methods.focal import focal_loss
+from ltbench.methods.scl import TwoStageContrastive
+from ltbench.registry import register_method
+
+
+@register_method("simclr")
+class SimCLR(TwoStageContrastive):
+    """SimCLR + focal linear probe. See the module docstring."""
+
+    representation_sampler = "instance"
+
+    def __init__(
+        self,
+        dim: int = 128,
+        temperature: float = 0.1,
+        gamma: float = 2.0,
+        classifier_fraction: float = 0.2,
+        classifier_lr: float | None = 0.1,
+        classifier_weight_decay: float | None = 0.0,
+        joint: bool = False,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"SimCLR: temperature must be positive, got {temperature}")
+        if gamma < 0:
+            raise ValueError(f"SimCLR: gamma must be >= 0, got {gamma}")
+        self.temperature = temperature
+        self.gamma = gamma
+        self._init_stage_params(dim, classifier_fraction, classifier_lr, classifier_weight_decay, joint)
+
+    def representation_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        return supcon_loss(embeddings, None, temperature=self.temperature)
+
+    def classifier_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return focal_loss(logits.float(), labels, self.gamma)

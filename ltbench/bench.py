@@ -1,25 +1,42 @@
 """A benchmark = one YAML file: dataset, split, training protocol, seeds and methods with params.
 
-``run_benchmark`` trains every method × seed that has no result yet (so an interrupted bench
-resumes where it stopped), then rebuilds the report from the result files alone.
+``load_benchmark`` reads and converts the whole file (``ltbench.config``: every value by its declared
+type, one line per problem) before any data is touched; ``run_benchmark`` trains every row × seed
+that has no result yet (so an interrupted bench resumes where it stopped), then rebuilds the report
+from the result files alone.
+
+A row of ``methods`` is a name and its parameters; a *named variant* says which registered method
+it runs when its name is not one: ``focal_g1: {method: focal, gamma: 1}``. Results, run keys and
+report rows use the row name, so two variants of one method never overwrite each other.
 """
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Mapping
 
 import yaml
 
+from ltbench import config as cfg
 from ltbench.errors import LtbenchError
 from ltbench.registry import get_method_class
-from ltbench.report import load_results, write_report
-from ltbench.runs import DataSpec, check_out_dir, prepare_data, run_one, write_split
+from ltbench.report import leak_text, load_results, write_report
+from ltbench.runs import DataSpec, check_cache_dir, check_methods_on_data, check_out_dir, prepare_data, run_one, write_split
 from ltbench.trainer import TrainConfig
 
-_TOP_KEYS = {"name", "description", "dataset", "split", "train", "seeds", "methods", "cache_dir"}
-_DATASET_KEYS = {"name", "data_root", "options"}
-_SPLIT_KEYS = {"kind", "seed", "dir", "file"}
+_TOP_KEYS = ("name", "description", "dataset", "split", "train", "seeds", "methods", "cache_dir")
+_DATASET_KEYS = ("name", "data_root", "options")
+
+
+@dataclass(frozen=True)
+class MethodRow:
+    """One row of a benchmark: its name (results, report) and the registered method it runs."""
+
+    name: str
+    method: str
+    params: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -28,18 +45,61 @@ class Benchmark:
     data: DataSpec
     train: TrainConfig
     seeds: list[int]
-    methods: dict[str, dict] = field(default_factory=dict)  # name -> params, in YAML order
+    methods: dict[str, MethodRow] = field(default_factory=dict)  # row name -> row, in YAML order
     description: str = ""
+    sources: dict[str, cfg.Layer] = field(default_factory=dict)  # where each training setting came from
 
 
-def _unknown(path: Path, where: str, given: dict, allowed: set) -> None:
-    extra = sorted(set(given) - allowed)
+def _check_keys(path: Path, where: str, given: Mapping, allowed: tuple[str, ...]) -> None:
+    extra = [k for k in given if k not in allowed]
     if extra:
-        raise LtbenchError(f"{path}: unknown key(s) {', '.join(extra)} in {where}; allowed: {', '.join(sorted(allowed))}")
+        raise LtbenchError(f"{path}: unknown key(s) {', '.join(map(str, extra))} in {where}; "
+                           f"allowed: {', '.join(allowed)}")
 
 
-def load_benchmark(path: str | Path) -> Benchmark:
-    """Read and validate a benchmark YAML; every problem is one line naming the file."""
+def _text(path: Path, key: str, value: object, default: str) -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise LtbenchError(f"{path}: {key} = {value!r}: expected text")
+    return value
+
+
+def _rows(path: Path, raw: object) -> dict[str, MethodRow]:
+    if isinstance(raw, list):
+        if not all(isinstance(m, str) for m in raw):
+            raise LtbenchError(f"{path}: 'methods' lists names; for parameters write a mapping name: {{...}}")
+        dup = [m for i, m in enumerate(raw) if m in raw[:i]]
+        if dup:
+            raise LtbenchError(f"{path}: methods: {dup[0]} is listed twice")
+        raw = {m: {} for m in raw}
+    if not isinstance(raw, dict) or not raw:
+        raise LtbenchError(f"{path}: 'methods' must list at least one method")
+    rows = {}
+    for name, params in raw.items():
+        cfg.check_row_name(name, f"{path}: methods.{name}")
+        params = dict(params or {}) if isinstance(params, dict) or params is None else params
+        if not isinstance(params, dict):
+            raise LtbenchError(f"{path}: methods.{name} = {params!r}: expected a mapping of parameters")
+        method = params.pop("method", name)
+        if not isinstance(method, str):
+            raise LtbenchError(f"{path}: methods.{name}.method = {method!r}: expected a method name")
+        try:
+            get_method_class(method)
+        except LtbenchError as exc:
+            hint = "" if method != name else f" (a variant names its method: {name}: {{method: NAME, ...}})"
+            raise LtbenchError(f"{path}: methods.{name}: {exc}{hint}") from None
+        params = cfg.method_params(method, params, cfg.in_file(path, f"methods.{name}"))
+        rows[name] = MethodRow(name, method, params)
+    return rows
+
+
+def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = None) -> Benchmark:
+    """Read, convert and check a benchmark YAML; every problem is one line naming the file and key.
+
+    ``train_flags``: command-line text for TrainConfig fields (None = not given), which overrides
+    the file's ``train:`` section, which overrides the dataset's default protocol.
+    """
     path = Path(path)
     if not path.is_file():
         raise LtbenchError(f"--benchmark {path}: no such file")
@@ -47,61 +107,114 @@ def load_benchmark(path: str | Path) -> Benchmark:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise LtbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LtbenchError(f"--benchmark {path}: cannot read it ({exc})") from None
     if not isinstance(raw, dict):
         raise LtbenchError(f"{path}: expected a mapping at the top level")
-    _unknown(path, "the top level", raw, _TOP_KEYS)
+    _check_keys(path, "the top level", raw, _TOP_KEYS)
+
     dataset = raw.get("dataset")
     if isinstance(dataset, str):
         dataset = {"name": dataset}
-    if not isinstance(dataset, dict) or "name" not in dataset:
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str):
         raise LtbenchError(f"{path}: 'dataset' needs a 'name'")
-    _unknown(path, "'dataset'", dataset, _DATASET_KEYS)
+    _check_keys(path, "'dataset'", dataset, _DATASET_KEYS)
+    from ltbench.data.datasets import get_dataset
+
+    try:
+        get_dataset(dataset["name"])
+    except LtbenchError as exc:
+        raise LtbenchError(f"{path}: dataset.name: {exc}") from None
+    data_root = dataset.get("data_root")
+    if data_root is not None and not isinstance(data_root, str):
+        raise LtbenchError(f"{path}: dataset.data_root = {data_root!r}: expected a folder path")
+    options_raw = dataset.get("options") or {}
+    if not isinstance(options_raw, dict):
+        raise LtbenchError(f"{path}: dataset.options = {options_raw!r}: expected a mapping")
+    option_settings, open_ended = cfg.dataset_option_settings(dataset["name"])
+    options = cfg.read(option_settings, options_raw, cfg.in_file(path, "dataset.options"),
+                       unknown=f"not an option of dataset {dataset['name']!r}", open_ended=open_ended)
+
     split = raw.get("split") or {}
     if isinstance(split, str):
         split = {"kind": split}
-    _unknown(path, "'split'", split, _SPLIT_KEYS)
+    if not isinstance(split, dict):
+        raise LtbenchError(f"{path}: split = {split!r}: expected a kind or a mapping (kind, seed, dir, file)")
+    split = cfg.read(cfg.split_settings(), split, cfg.in_file(path, "split"), unknown="not a split option")
+
     train = raw.get("train") or {}
-    allowed_train = {f.name for f in fields(TrainConfig)} - {"seed"}
-    _unknown(path, "'train'", train, allowed_train)
-    try:
-        config = TrainConfig(**train)
-    except TypeError as exc:
-        raise LtbenchError(f"{path}: bad 'train' section ({exc})") from None
-    seeds = raw.get("seeds", [0, 1, 2])
-    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
-        raise LtbenchError(f"{path}: 'seeds' must be a non-empty list of integers")
-    methods = raw.get("methods")
-    if isinstance(methods, list):
-        methods = {m: {} for m in methods}
-    if not isinstance(methods, dict) or not methods:
-        raise LtbenchError(f"{path}: 'methods' must list at least one method")
-    methods = {name: dict(params or {}) for name, params in methods.items()}
-    for name in methods:
-        get_method_class(name)  # unknown names fail before any training
-    data = DataSpec(dataset=dataset["name"], data_root=dataset.get("data_root"), options=dataset.get("options"),
-                    split=split.get("kind"), split_seed=int(split.get("seed", 0)), split_dir=split.get("dir"),
-                    split_file=split.get("file"), cache_dir=raw.get("cache_dir"))
-    return Benchmark(name=raw.get("name", path.stem), data=data, train=config, seeds=seeds, methods=methods,
-                     description=raw.get("description", ""))
+    if not isinstance(train, dict):
+        raise LtbenchError(f"{path}: train = {train!r}: expected a mapping of training settings")
+    if "seed" in train:
+        raise LtbenchError(f"{path}: train.seed: the run seeds are the top-level 'seeds' list")
+    layers = [cfg.Layer("benchmark file", train, cfg.in_file(path, "train"))]
+    if train_flags:
+        layers.append(cfg.Layer("command line", train_flags, cfg.flag(), text=True))
+    config, sources = cfg.train_config(dataset["name"], *layers)
+
+    seeds = cfg.seeds(raw.get("seeds", [0, 1, 2]), f"{path}: seeds")
+    rows = _rows(path, raw.get("methods"))
+    cache_dir = raw.get("cache_dir")
+    if cache_dir is not None:
+        if not isinstance(cache_dir, str):
+            raise LtbenchError(f"{path}: cache_dir = {cache_dir!r}: expected a folder path")
+        cfg.check_folder(cache_dir, f"{path}: cache_dir")
+    data = DataSpec(dataset=dataset["name"], data_root=data_root, options=options or None,
+                    split=split.get("kind"), split_seed=split.get("seed", 0), split_dir=split.get("dir"),
+                    split_file=split.get("file"), cache_dir=cache_dir)
+    return Benchmark(name=_text(path, "name", raw.get("name"), path.stem), data=data, train=config, seeds=seeds,
+                     methods=rows, description=_text(path, "description", raw.get("description"), ""),
+                     sources=sources)
 
 
-def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=print) -> dict[str, Path]:
+def select_rows(bench: Benchmark, text: str) -> dict[str, MethodRow]:
+    """``--methods a,b``: rows of the benchmark, or registered methods with their defaults."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise LtbenchError(f"--methods {text!r}: expected names like ce,focal")
+    rows = {}
+    for name in names:
+        if name in bench.methods:
+            rows[name] = bench.methods[name]
+            continue
+        try:
+            get_method_class(name)
+        except LtbenchError as exc:
+            raise LtbenchError(f"--methods {name}: not a row of the benchmark ({', '.join(bench.methods)}) "
+                               f"and {exc}") from None
+        rows[name] = MethodRow(name, name, {})
+    return rows
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=print,
+                  warn: Callable[[str], None] = _warn) -> dict[str, Path]:
     """Train what is missing, then write the report. Returns the report's files."""
     start = time.perf_counter()
+    check_cache_dir(bench.data, "cache_dir")
+    cfg.check_folder(out_dir, "--out")
+    echo(f"{bench.name}: " + cfg.describe_train(bench.train, bench.sources))
+    rows = {name: (row.method, row.params) for name, row in bench.methods.items()}
     out_dir = check_out_dir(out_dir)
-    prepared = prepare_data(bench.data, bench.train.image_size)
+    prepared = prepare_data(bench.data, bench.train.image_size,
+                            before_pixels=lambda s, sp: check_methods_on_data(rows, bench.train, s, sp))
+    if prepared.split.details.get("warning"):
+        warn(f"ltbench: warning: {prepared.split.details['warning']}")
     write_split(prepared, out_dir)
     counts = prepared.bundle.counts(prepared.split.train)
     echo(f"{bench.name}: {len(prepared.image_set)} images, split {prepared.split.kind} "
          f"({len(prepared.split.train)}/{len(prepared.split.val)}/{len(prepared.split.test)}), "
-         f"train counts {counts}")
+         f"train counts {counts}; lesion leak: {leak_text(prepared.leak)}")
     total = len(bench.methods) * len(bench.seeds)
     done = trained = 0
-    for name, params in bench.methods.items():
+    for name, row in bench.methods.items():
         for seed in bench.seeds:
             done += 1
-            result, was_trained = run_one(name, params, seed, bench.train, bench.data, prepared, out_dir,
-                                          benchmark=bench.name, progress=progress)
+            result, was_trained = run_one(row.method, row.params, seed, bench.train, bench.data, prepared, out_dir,
+                                          benchmark=bench.name, progress=progress, row=name)
             trained += was_trained
             status = f"trained in {result['wall_time_s']:.1f} s" if was_trained else "already done, skipped"
             t = result["test"]

@@ -9,28 +9,22 @@ import sys
 from pathlib import Path
 
 import click
-import yaml
 
 from ltbench.errors import LtbenchError
 
 
-def _parse_params(pairs: tuple[str, ...]) -> dict:
-    params = {}
+def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``--param KEY=VALUE`` pairs as text; ``ltbench.config.method_params`` converts them by type."""
+    params: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise LtbenchError(f"--param {pair!r}: expected KEY=VALUE")
-        params[key] = yaml.safe_load(value)  # numbers, booleans, lists as YAML scalars
+        if key in params:
+            raise LtbenchError(f"--param {pair}: {key} is given twice")
+        params[key] = value
     return params
-
-
-def _int_list(text: str | None, option: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(s) for s in text.replace(",", " ").split()]
-    except ValueError:
-        raise LtbenchError(f"{option} {text!r}: expected integers like 0,1,2") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,27 +51,35 @@ def datasets_cmd() -> None:
 
     for spec in DATASETS.values():
         root = " (needs --data-root)" if spec.needs_root else ""
-        click.echo(f"{spec.name:12s} {spec.description}{root}; default split: {spec.default_split}")
+        protocol = " ".join(f"{k}={v}" for k, v in spec.protocol.items())
+        click.echo(f"{spec.name:12s} {spec.description}{root}; default split: {spec.default_split}; "
+                   f"protocol: {protocol or 'TrainConfig defaults'}")
+
+
+# Training settings left unset (None) come from the benchmark file or the dataset's default protocol
+# (`ltbench datasets`); every value is converted by TrainConfig's declared types (ltbench/config.py).
+_PROTOCOL_HELP = "default: the dataset's protocol"
 
 
 @cli.command("train")
 @click.option("--method", required=True, help="A registered method (see `ltbench methods`).")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method hyperparameter; repeatable.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Method hyperparameter, converted by its declared type; repeatable.")
 @click.option("--dataset", default="digits-lt", show_default=True)
 @click.option("--data-root", type=click.Path(path_type=Path), help="Folder with the dataset's official files.")
 @click.option("--split", "split_kind", help="grouped | stratified | ecl | official | csv (default: the dataset's).")
-@click.option("--split-seed", default=0, show_default=True)
+@click.option("--split-seed", help="Seed of a 3:1:1 split (default 0).")
 @click.option("--split-dir", type=click.Path(path_type=Path), help="Folder of the ECL split CSVs (--split ecl).")
 @click.option("--split-file", type=click.Path(path_type=Path), help="A split CSV (--split csv).")
-@click.option("--backbone", default="small-cnn", show_default=True)
-@click.option("--pretrained", help="'imagenet', a URL or a local .pth file.")
-@click.option("--image-size", default=32, show_default=True)
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--lr", default=0.002, show_default=True)
-@click.option("--select-metric", default="acc", show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--backbone", help=f"resnet18 | resnet34 | resnet50 | small-cnn ({_PROTOCOL_HELP}).")
+@click.option("--pretrained", help=f"imagenet, a URL, a local .pth file, or none ({_PROTOCOL_HELP}).")
+@click.option("--image-size", help=_PROTOCOL_HELP)
+@click.option("--epochs", help=_PROTOCOL_HELP)
+@click.option("--batch-size", help=_PROTOCOL_HELP)
+@click.option("--lr", help=_PROTOCOL_HELP)
+@click.option("--select-metric", help=f"acc | sen | pre | f1 | auc ({_PROTOCOL_HELP}).")
+@click.option("--seed", help="Run seed (default 0).")
+@click.option("--device", help="auto, cpu, cuda, cuda:N (default auto).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Pixel cache (default ~/.cache/ltbench).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default reports/train/DATASET).")
 @click.option("--force", is_flag=True, help="Train even if a result with the same config exists.")
@@ -85,62 +87,73 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
               pretrained, image_size, epochs, batch_size, lr, select_metric, seed, device, cache_dir, out,
               force) -> None:
     """Train and test one method with one seed; writes a result file and prints the test metrics."""
+    from ltbench import config as cfg
+    from ltbench.data.datasets import get_dataset
     from ltbench.registry import get_method_class
-    from ltbench.runs import DataSpec, check_out_dir, prepare_data, run_one, write_split
-    from ltbench.trainer import TrainConfig
+    from ltbench.report import leak_text
+    from ltbench.runs import (DataSpec, check_cache_dir, check_methods_on_data, check_out_dir, prepare_data,
+                              run_one, write_split)
 
+    # Everything the command line says is converted and checked here, before any file is read.
     get_method_class(method)  # fail fast on an unknown name
-    params = _parse_params(params)
-    config = TrainConfig(backbone=backbone, pretrained=pretrained, image_size=image_size, epochs=epochs,
-                         batch_size=batch_size, lr=lr, select_metric=select_metric, device=device, seed=seed)
-    spec = DataSpec(dataset=dataset, data_root=str(data_root) if data_root else None, split=split_kind,
-                    split_seed=split_seed, split_dir=str(split_dir) if split_dir else None,
-                    split_file=str(split_file) if split_file else None,
+    get_dataset(dataset)
+    params = cfg.method_params(method, _parse_params(params), cfg.param_flag, text=True)
+    split_flags = {"kind": split_kind, "seed": split_seed, "dir": split_dir, "file": split_file}
+    split = cfg.read(cfg.split_settings(), {k: str(v) for k, v in split_flags.items() if v is not None},
+                     cfg.flag({"kind": "--split", "seed": "--split-seed", "dir": "--split-dir", "file": "--split-file"}),
+                     text=True)
+    flags = {"backbone": backbone, "pretrained": pretrained, "image_size": image_size, "epochs": epochs,
+             "batch_size": batch_size, "lr": lr, "select_metric": select_metric, "device": device, "seed": seed}
+    config, sources = cfg.train_config(dataset, cfg.Layer("command line", flags, cfg.flag(), text=True))
+    spec = DataSpec(dataset=dataset, data_root=str(data_root) if data_root else None, split=split.get("kind"),
+                    split_seed=split.get("seed", 0), split_dir=split.get("dir"), split_file=split.get("file"),
                     cache_dir=str(cache_dir) if cache_dir else None)
-    out = check_out_dir(out or Path("reports") / "train" / dataset)
-    prepared = prepare_data(spec, image_size)
+    check_cache_dir(spec)
+    out = cfg.check_folder(out or Path("reports") / "train" / dataset, "--out")
+    click.echo(f"{method}: " + cfg.describe_train(config, sources, seed=True))
+    out = check_out_dir(out)
+    prepared = prepare_data(spec, config.image_size, before_pixels=lambda image_set, sp: check_methods_on_data(
+        {method: (method, params)}, config, image_set, sp))
+    if prepared.split.details.get("warning"):
+        click.echo(f"ltbench: warning: {prepared.split.details['warning']}", err=True)
+    click.echo(f"{dataset}: {len(prepared.image_set)} images, split {prepared.split.kind} "
+               f"({len(prepared.split.train)}/{len(prepared.split.val)}/{len(prepared.split.test)}); "
+               f"lesion leak: {leak_text(prepared.leak)}")
     write_split(prepared, out)
-    result, trained = run_one(method, params, seed, config, spec, prepared, out, progress=True, force=force)
+    result, trained = run_one(method, params, config.seed, config, spec, prepared, out, progress=True, force=force)
     t = result["test"]
     click.echo(("trained" if trained else "already done (use --force to retrain)")
-               + f": {method} seed {seed}, best epoch {result['best_epoch']}, wall {result['wall_time_s']:.1f} s")
+               + f": {method} seed {config.seed}, best epoch {result['best_epoch']}, wall {result['wall_time_s']:.1f} s")
     click.echo("test " + "  ".join(f"{k.upper() if k != 'f1' else 'F1'} {t[k]:.2f}"
                                    for k in ("acc", "sen", "pre", "f1", "auc")))
-    click.echo(f"result: {out / 'runs' / method / f'seed{seed}.json'}")
+    click.echo(f"result: {out / 'runs' / method / f'seed{config.seed}.json'}")
 
 
 @cli.command("bench")
 @click.option("--benchmark", "benchmark_path", required=True, type=click.Path(path_type=Path),
               help="A benchmark YAML (benchmarks/NAME.yaml).")
-@click.option("--methods", help="Only these methods (comma-separated).")
+@click.option("--methods", help="Only these rows (comma-separated): the file's rows or registered methods.")
 @click.option("--seeds", help="Override the seeds, e.g. 0,1,2.")
-@click.option("--epochs", type=int, help="Override the epoch budget.")
+@click.option("--epochs", help="Override the epoch budget.")
 @click.option("--data-root", type=click.Path(path_type=Path), help="Override the dataset folder.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default reports/NAME).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, device, out, quiet) -> None:
     """Train every method × seed of a benchmark (skipping finished runs) and write the report."""
-    from ltbench.bench import load_benchmark, run_benchmark
-    from ltbench.registry import get_method_class
+    from ltbench import config as cfg
+    from ltbench.bench import load_benchmark, run_benchmark, select_rows
 
-    bench = load_benchmark(benchmark_path)
-    if methods:
-        names = [m.strip() for m in methods.split(",") if m.strip()]
-        for name in names:
-            get_method_class(name)
-        bench.methods = {name: bench.methods.get(name, {}) for name in names}
-    if seeds:
-        bench.seeds = _int_list(seeds, "--seeds")
-    if epochs is not None:
-        if epochs < 1:
-            raise LtbenchError(f"--epochs {epochs}: must be at least 1")
-        bench.train.epochs = epochs
+    # Training overrides are TrainConfig fields as text: the same conversion as `train`'s flags.
+    bench = load_benchmark(benchmark_path, train_flags={"epochs": epochs, "device": device})
+    if methods is not None:
+        bench.methods = select_rows(bench, methods)
+    if seeds is not None:
+        bench.seeds = cfg.seeds(seeds, f"--seeds {seeds}", text=True)
     if data_root:
         bench.data.data_root = str(data_root)
-    if device:
-        bench.train.device = device
-    run_benchmark(bench, out or Path("reports") / bench.name, progress=not quiet, echo=click.echo)
+    run_benchmark(bench, out or Path("reports") / bench.name, progress=not quiet, echo=click.echo,
+                  warn=lambda message: click.echo(message, err=True))
 
 
 @cli.command("report")
@@ -168,13 +181,18 @@ def data_group() -> None:
 @click.option("--data-root", type=click.Path(path_type=Path))
 @click.option("--image-size", default=224, show_default=True, help="Training size; the cache keeps ~8/7 of it.")
 @click.option("--cache-dir", type=click.Path(path_type=Path))
-def prepare_cmd(dataset, data_root, image_size, cache_dir) -> None:
+@click.option("--verify", is_flag=True,
+              help="Hash every source image and rebuild the cache if any changed (default: size + mtime).")
+def prepare_cmd(dataset, data_root, image_size, cache_dir, verify) -> None:
     """Decode and resize every image once into the pixel cache (later runs reuse it)."""
-    from ltbench.runs import DataSpec, prepare_data
+    from ltbench.config import train_flag
+    from ltbench.runs import DataSpec, check_cache_dir, prepare_data
 
+    image_size = train_flag("image_size", image_size)
     spec = DataSpec(dataset=dataset, data_root=str(data_root) if data_root else None,
                     cache_dir=str(cache_dir) if cache_dir else None)
-    prepared = prepare_data(spec, image_size)
+    check_cache_dir(spec)
+    prepared = prepare_data(spec, image_size, verify=verify)
     px = prepared.bundle.pixels
     click.echo(f"{dataset}: {px.shape[0]} images cached as {px.shape[1]}x{px.shape[2]} uint8 "
                f"({px.nbytes / 2**20:.1f} MiB); split {prepared.split.kind} hash {prepared.split_hash}")

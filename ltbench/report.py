@@ -166,18 +166,27 @@ def _context(results: list[dict]) -> dict[str, str]:
         "image_size": values(lambda r: r.get("config", {}).get("image_size", "?")),
         "epochs": values(lambda r: r.get("config", {}).get("epochs", "?")),
         "seeds": values(lambda r: r["seed"]),
-        "leak": values(_leak_text),
+        "leak": values(lambda r: leak_text(r.get("split", {}).get("lesion_leak"))),
         "runs": str(len(results)),
     }
 
 
-def _leak_text(result: dict) -> str:
-    leak = result.get("split", {}).get("lesion_leak")
+def leak_text(leak: dict | None) -> str:
+    """The lesion leak of a run's split in words; images without a lesion id are never "none".
+
+    ``leak`` is ``ltbench.data.splits.leak_report``'s dict (older results lack the count of images
+    without an id, and hold None when the data had no lesion ids).
+    """
     if not leak:
         return "unknown (no lesion ids)"
     shared, total = leak["test_lesions_also_in_train"], leak["test_lesions"]
-    return "none: no test lesion has images in train" if shared == 0 else \
-        f"{shared} of {total} test lesions also have images in train"
+    unknown = leak.get("test_images_without_lesion_id", 0)
+    if unknown and not total:
+        return f"unknown: {unknown} test images without a lesion id"
+    known = f"{shared} of {total} test lesions also have images in train"
+    if unknown:
+        return f"{known}; {unknown} test images without a lesion id (leak unknown for them)"
+    return "none: no test lesion has images in train" if shared == 0 else known
 
 
 def _natural_key(text: str) -> tuple:

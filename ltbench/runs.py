@@ -14,6 +14,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -26,6 +27,11 @@ from ltbench.registry import create_method
 from ltbench.trainer import DataBundle, TrainConfig, Trainer
 
 SCHEMA_VERSION = 1
+# The input pipeline (decoding, pixel cache, augmentation) as far as it changes results; part of
+# every run key, so a bench folder never reuses results of an older pipeline. Bump it with any
+# change of what a method sees. 1: until issue 14 (implicit); 2: crop boxes drawn on the original
+# geometry, rotation inside the resized crop (issue 14, parts 1-2).
+DATA_PIPELINE_VERSION = 2
 
 
 @dataclass
@@ -57,35 +63,43 @@ class PreparedData:
     split: Split
     split_hash: str
     bundle: DataBundle
-    leak: dict | None = None  # lesions of the test set also in train, when lesion ids are known
+    leak: dict | None = None  # splits.leak_report: test lesions also in train, test images without an id
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("LTBENCH_CACHE", Path.home() / ".cache" / "ltbench"))
 
 
-def prepare_data(spec: DataSpec, image_size: int) -> PreparedData:
-    """Load the dataset, split it, and decode its pixels once (cached at ~8/7 of the train size)."""
-    from ltbench.data.splits import lesion_leak, make_split
+def prepare_data(spec: DataSpec, image_size: int, verify: bool = False,
+                 before_pixels: Callable[[ImageSet, Split], None] | None = None) -> PreparedData:
+    """Load the dataset, split it, and decode its pixels once (cached at ~8/7 of the train size).
+
+    ``verify``: also hash the source files and rebuild the cache if any changed (``data prepare
+    --verify``); by default a cache is reused while sizes and mtimes match. ``before_pixels(image_set,
+    split)`` runs once the labels are read and split, before any pixel is decoded: the checks that
+    need the data (``check_methods_on_data``) fail there, not after minutes of caching.
+    """
+    from ltbench.data.splits import leak_report, make_split
 
     image_set = load_dataset(spec.dataset, spec.data_root, **(spec.options or {}))
     split = make_split(image_set, kind=spec.split_kind, seed=spec.split_seed,
                        split_dir=Path(spec.split_dir) if spec.split_dir else None,
                        split_file=Path(spec.split_file) if spec.split_file else None,
                        dataset_name=spec.dataset)
+    if before_pixels is not None:
+        before_pixels(image_set, split)
     if image_set.pixels is not None:
         pixels = image_set.pixels
+        sizes = np.tile(np.asarray(pixels.shape[1:3], dtype=np.int64), (len(pixels), 1))  # their own size
     else:
-        from ltbench.data.cache import load_pixels
+        from ltbench.data.cache import load_images
 
         cache = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
-        pixels = load_pixels(image_set, math.ceil(image_size * 8 / 7), cache)
+        cached = load_images(image_set, math.ceil(image_size * 8 / 7), cache, verify=verify)
+        pixels, sizes = cached.pixels, cached.sizes  # sizes: the originals' (height, width)
     bundle = DataBundle(pixels=pixels, labels=image_set.labels, class_names=list(image_set.class_names),
-                        train=split.train, val=split.val, test=split.test)
-    leak = None
-    if image_set.groups is not None:
-        shared, total = lesion_leak(image_set, split, "test")
-        leak = {"test_lesions_also_in_train": shared, "test_lesions": total}
+                        train=split.train, val=split.val, test=split.test, original_sizes=sizes)
+    leak = leak_report(image_set, split, "test")
     return PreparedData(image_set, split, split.hash(image_set), bundle, leak)
 
 
@@ -101,11 +115,26 @@ def _jsonable(value):
     return str(value)
 
 
-def run_key(method: str, params: dict, seed: int, config: TrainConfig, data: DataSpec, split_hash: str) -> str:
-    """Digest of everything that determines a run's result (not where its files are)."""
+def run_identity(method: str, params: dict, seed: int, config: TrainConfig, data: DataSpec, split_hash: str,
+                 registered: str | None = None) -> dict:
+    """Everything that determines a run's result (not where its files are).
+
+    ``method`` is the row name of the benchmark; ``registered`` the method it runs when that
+    differs (a named variant such as ``focal_g1``), so that two variants never share a key.
+    """
     ident = {"method": method, "params": _jsonable(params), "seed": seed, "data": data.identity(),
              "split_hash": split_hash, "config": {k: v for k, v in config.to_dict().items()
-                                                   if k not in ("device", "seed")}}
+                                                   if k not in ("device", "seed")},
+             "pipeline": DATA_PIPELINE_VERSION}
+    if registered is not None and registered != method:
+        ident["registered_method"] = registered
+    return ident
+
+
+def run_key(method: str, params: dict, seed: int, config: TrainConfig, data: DataSpec, split_hash: str,
+            registered: str | None = None) -> str:
+    """Digest of :func:`run_identity`."""
+    ident = run_identity(method, params, seed, config, data, split_hash, registered)
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -148,23 +177,30 @@ def versions() -> dict:
 
 def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data_spec: DataSpec,
             prepared: PreparedData, out_dir: Path, benchmark: str = "", progress: bool = True,
-            force: bool = False) -> tuple[dict, bool]:
-    """Train one method with one seed unless its result exists. Returns (result, trained)."""
+            force: bool = False, row: str | None = None) -> tuple[dict, bool]:
+    """Train one method with one seed unless its result exists. Returns (result, trained).
+
+    ``row``: the benchmark row name (default: the method's); results live in ``runs/<row>/``
+    and carry it as ``method``, with the registered method as ``registered_method``.
+    """
+    row = row or method_name
     config = TrainConfig(**{**config.to_dict(), "seed": seed})
     method: Method = create_method(method_name, **params)
     full_params = _jsonable(method.get_params())
-    key = run_key(method_name, full_params, seed, config, data_spec, prepared.split_hash)
-    if not force and (done := existing_result(out_dir, method_name, seed, key)) is not None:
+    key = run_key(row, full_params, seed, config, data_spec, prepared.split_hash, registered=method_name)
+    if not force and (done := existing_result(out_dir, row, seed, key)) is not None:
         return done, False
-    trainer = Trainer(config, progress=progress, desc=f"{method_name} seed {seed}")
+    trainer = Trainer(config, progress=progress, desc=f"{row} seed {seed}")
     output = trainer.fit(method, prepared.bundle)
-    json_path, npz_path = result_paths(out_dir, method_name, seed)
+    json_path, npz_path = result_paths(out_dir, row, seed)
     image_set, bundle = prepared.image_set, prepared.bundle
     result = {
         "schema": SCHEMA_VERSION,
         "run_key": key,
+        "pipeline": DATA_PIPELINE_VERSION,
         "benchmark": benchmark,
-        "method": method_name,
+        "method": row,
+        "registered_method": method_name,
         "method_params": full_params,
         "seed": seed,
         "dataset": {
@@ -190,12 +226,55 @@ def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data
     return result, True
 
 
+def check_methods_on_data(rows: dict[str, tuple[str, dict]], config: TrainConfig, image_set: ImageSet,
+                          split: Split) -> None:
+    """Run each method's ``setup`` on the real class counts before any pixel is decoded.
+
+    ``rows`` maps a row name to (registered method, params). A ``ValueError``/``TypeError`` from
+    ``setup`` (a check that needs the data, e.g. one class weight per class) becomes one line
+    naming the row; so does a batch size of 1 for a model with BatchNorm layers, whose training
+    statistics need at least two images. Runs on throwaway instances: the real run builds its own.
+    """
+    import torch
+
+    from ltbench.data.loader import steps_per_epoch
+    from ltbench.method import TrainInfo
+    from ltbench.models import build_backbone
+    from ltbench.trainer import resolve_device
+
+    info = TrainInfo(class_counts=tuple(split.class_counts(image_set, "train")),
+                     class_names=tuple(image_set.class_names), epochs=config.epochs,
+                     steps_per_epoch=steps_per_epoch(len(split.train), config.batch_size),
+                     device=resolve_device(config.device), lr=config.lr)
+    for row, (name, params) in rows.items():
+        method = create_method(name, **params)
+        try:
+            method.setup(info)
+        except (ValueError, TypeError) as exc:
+            raise LtbenchError(f"method {row!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        if config.batch_size < 2:
+            model = method.build_model(build_backbone(config.backbone, None), info)
+            if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+                raise LtbenchError(f"batch_size {config.batch_size}: method {row!r} on {config.backbone} has "
+                                   "BatchNorm layers, which need at least 2 images per training batch")
+
+
 def write_split(prepared: PreparedData, out_dir: Path) -> Path:
     from ltbench.data.splits import write_split_csv
 
     path = Path(out_dir) / "split.csv"
     write_split_csv(prepared.image_set, prepared.split, path)
     return path
+
+
+def check_cache_dir(spec: DataSpec, label: str = "--cache-dir") -> None:
+    """The pixel cache folder is usable (or creatable) before any image is decoded."""
+    from ltbench.config import check_folder
+
+    if spec.cache_dir:
+        check_folder(spec.cache_dir, label)
+    elif get_dataset(spec.dataset).needs_root:  # in-memory datasets never touch the cache
+        check_folder(default_cache_dir(), "the pixel cache ($LTBENCH_CACHE or ~/.cache/ltbench)")
 
 
 def check_out_dir(out_dir: Path) -> Path:

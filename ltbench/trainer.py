@@ -1,8 +1,9 @@
 """The one training loop shared by every method (it never names one).
 
-Loop order (docs/architecture.md): setup -> build_model -> streams; per epoch: on_epoch_start,
-batches (training_step, backward, SGD step), validate, on_epoch_end, keep the best-validation
-state; finally test once with that state. Protocol of the ECL paper (Table 1): SGD with
+Loop order (docs/architecture.md): setup -> build_model -> stages; per stage: its optimiser over
+the parts it trains (the rest frozen), its streams and views; per epoch: on_epoch_start, batches
+(training_step, backward, SGD step), validate, on_epoch_end, keep the best-validation state
+(selectable stages only); finally test once with that state. Protocol of the ECL paper (Table 1): SGD with
 momentum, weight decay, per-epoch cosine learning rate, best-validation-Acc checkpoint.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ltbench.method import Method, TrainInfo
 from ltbench.metrics import HEADLINE, compute_metrics
 from ltbench.models import build_backbone
 from ltbench.schedules import cosine_lr
+from ltbench.stages import Stage, stage_bounds, stream_specs
 
 
 @dataclass
@@ -49,11 +51,11 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.select_metric not in HEADLINE:
-            raise LtbenchError(f"select_metric {self.select_metric!r}: choose one of {', '.join(HEADLINE)}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "image_size"):
-            if getattr(self, name) < 1:
-                raise LtbenchError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        # Every field converted by its annotation and checked by its rule (ltbench/config.py),
+        # so a config built in Python meets the same rules as a benchmark file or the CLI.
+        from ltbench.config import check_train_config
+
+        check_train_config(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,6 +71,9 @@ class DataBundle:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    # Each image's original (height, width), int [N, 2]: random resized crops are drawn on it.
+    # None: the pixels are the images' own size (in-memory datasets).
+    original_sizes: np.ndarray | None = None
 
     def counts(self, rows: np.ndarray) -> list[int]:
         return np.bincount(self.labels[rows], minlength=len(self.class_names)).tolist()
@@ -120,7 +125,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
     def fit(self, method: Method, data: DataBundle) -> RunOutput:
         cfg, device = self.config, self.device
-        start = time.perf_counter()
+        run_start = time.perf_counter()
         seed_everything(cfg.seed)
         train_labels = data.labels[data.train]
         info = TrainInfo(
@@ -136,58 +141,78 @@ class Trainer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         step_model = torch.compile(model) if cfg.compile else model
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
-        augmentations = [get_augmentation(v, cfg.image_size) for v in method.views]
-        streams = []
-        for k, sampler in enumerate(method.samplers):
-            generator = torch.Generator().manual_seed(cfg.seed * 1000 + k)
-            streams.append(TrainStream(data.pixels, data.train, train_labels, sampler, cfg.batch_size,
-                                       augmentations, device, generator, self.channels_last))
+        stages = method.stages(info)
+        bounds = stage_bounds(stages, cfg.epochs)
+        if not any(stage.selectable and end > start for stage, (start, end) in zip(stages, bounds)):
+            raise LtbenchError(f"method {method.name!r}: no stage with epochs is selectable as the "
+                               "best-validation checkpoint")
+        requires_grad = [p.requires_grad for p in model.parameters()]  # restored after the run
+        augmentations: dict[str, torch.nn.Module] = {}  # one module per preset, shared by streams
 
         history: list[dict] = []
         best = (-math.inf, -1, None, None, None)  # score, epoch, model state, method state, val output
         bar = tqdm(total=cfg.epochs * info.steps_per_epoch, desc=self.desc or method.name, unit="step",
                    disable=None if self.progress else True, leave=False, dynamic_ncols=True)  # None: bar only on a terminal
-        for epoch in range(cfg.epochs):
-            lr = cosine_lr(cfg.lr, epoch, cfg.epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            model.train()
-            method.train()
-            method.on_epoch_start(epoch)
-            loss_sum = torch.zeros((), device=device)
-            log_sums: dict[str, torch.Tensor] = {}
-            epoch_start = time.perf_counter()
-            for batches in zip(*streams):
-                with self.autocast():
-                    out = method.training_step(step_model, *batches)
-                loss, logs = out if isinstance(out, tuple) else (out, {})
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                # Accumulate on the device: no .item() sync per step.
-                loss_sum += loss.detach().float()
-                for key, value in logs.items():
-                    log_sums[key] = log_sums.get(key, 0.0) + value.detach().float()
-                bar.update()
-            train_loss = loss_sum.item() / info.steps_per_epoch
-            if not math.isfinite(train_loss):
-                bar.close()
-                raise LtbenchError(f"method {method.name!r}: the training loss became {train_loss} in epoch {epoch}")
-            train_time = time.perf_counter() - epoch_start
-            val = self.evaluate(method, model, data, data.val)
-            method.on_epoch_end(epoch, val["metrics"])
-            record = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_time_s": round(train_time, 4),
-                      **{k: (v / info.steps_per_epoch).item() for k, v in log_sums.items()},
-                      "val": {k: val["metrics"][k] for k in HEADLINE}}
-            history.append(record)
-            score = val["metrics"][cfg.select_metric]
-            if score > best[0] or best[2] is None:  # ties keep the earlier epoch
-                best = (score, epoch, _state_copy(model), _state_copy(method), val)
-            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val['metrics'][cfg.select_metric]:.1f}",
-                            best=f"{best[0]:.1f}@{best[1]}")
+        for k, (stage, (start, end)) in enumerate(zip(stages, bounds)):
+            if end == start:
+                continue
+            trained = self._trained_modules(model, stage, k)
+            params = self._trainable_parameters(model, trained, requires_grad)
+            base_lr = cfg.lr if stage.lr is None else stage.lr
+            optimizer = torch.optim.SGD(params, lr=base_lr, momentum=cfg.momentum,
+                                        weight_decay=cfg.weight_decay if stage.weight_decay is None else stage.weight_decay)
+            streams = self._streams(method, stage, k, data, train_labels, augmentations)
+            for epoch in range(start, end):
+                lr = cosine_lr(base_lr, epoch - start, end - start)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                model.train()
+                if trained is not None:  # frozen parts in eval mode: BatchNorm statistics stay put
+                    model.eval()
+                    for module in trained:
+                        module.train()
+                method.train()
+                method.on_epoch_start(epoch)
+                loss_sum = torch.zeros((), device=device)
+                log_sums: dict[str, torch.Tensor] = {}
+                epoch_start = time.perf_counter()
+                for batches in zip(*streams):
+                    with self.autocast():
+                        out = method.training_step(step_model, *batches)
+                    loss, logs = out if isinstance(out, tuple) else (out, {})
+                    if not loss.requires_grad:
+                        bar.close()
+                        raise LtbenchError(f"method {method.name!r}: the loss of stage {k} ({stage.name or 'unnamed'}) "
+                                           f"depends on no parameter it trains ({stage.trains or 'the whole model'})")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    # Accumulate on the device: no .item() sync per step.
+                    loss_sum += loss.detach().float()
+                    for key, value in logs.items():
+                        log_sums[key] = log_sums.get(key, 0.0) + value.detach().float()
+                    bar.update()
+                train_loss = loss_sum.item() / info.steps_per_epoch
+                if not math.isfinite(train_loss):
+                    bar.close()
+                    raise LtbenchError(f"method {method.name!r}: the training loss became {train_loss} in epoch {epoch}")
+                train_time = time.perf_counter() - epoch_start
+                val = self.evaluate(method, model, data, data.val)
+                method.on_epoch_end(epoch, val["metrics"])
+                record = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_time_s": round(train_time, 4),
+                          **{k: (v / info.steps_per_epoch).item() for k, v in log_sums.items()},
+                          "val": {k: val["metrics"][k] for k in HEADLINE}}
+                if len(stages) > 1:  # single-stage histories keep their exact former shape
+                    record["stage"] = stage.name or k
+                history.append(record)
+                score = val["metrics"][cfg.select_metric]
+                if stage.selectable and (score > best[0] or best[2] is None):  # ties keep the earlier epoch
+                    best = (score, epoch, _state_copy(model), _state_copy(method), val)
+                bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val['metrics'][cfg.select_metric]:.1f}",
+                                best=f"{best[0]:.1f}@{best[1]}")
         bar.close()
+        for param, flag in zip(model.parameters(), requires_grad):
+            param.requires_grad_(flag)
 
         _, best_epoch, model_state, method_state, best_val = best
         model.load_state_dict(model_state)
@@ -196,7 +221,63 @@ class Trainer:
         arrays = {"val_labels": best_val["labels"], "val_probs": best_val["probs"],
                   "test_labels": test["labels"], "test_probs": test["probs"]}
         return RunOutput(history=history, best_epoch=best_epoch, val=best_val["metrics"], test=test["metrics"],
-                         arrays=arrays, wall_time_s=time.perf_counter() - start)
+                         arrays=arrays, wall_time_s=time.perf_counter() - run_start)
+
+    # ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _trained_modules(model: torch.nn.Module, stage: Stage, k: int) -> list[torch.nn.Module] | None:
+        """The modules a stage trains (None: the whole model, as a single-stage run)."""
+        if stage.trains is None:
+            return None
+        modules = []
+        for path in stage.trains:
+            try:
+                modules.append(model.get_submodule(path))
+            except AttributeError:
+                names = ", ".join(name for name, _ in model.named_children())
+                raise LtbenchError(f"stage {k} ({stage.name or 'unnamed'}) trains {path!r}, which the model does "
+                                   f"not have (its parts: {names})") from None
+        return modules
+
+    @staticmethod
+    def _trainable_parameters(model: torch.nn.Module, trained: list[torch.nn.Module] | None,
+                              requires_grad: list[bool]) -> list[torch.nn.Parameter]:
+        """The stage optimiser's parameters; every other one is frozen (``requires_grad=False``).
+
+        Parameters keep the model's own ``requires_grad`` otherwise (``requires_grad`` lists the
+        values at the start of the run, in ``model.parameters()`` order).
+        """
+        if trained is None:
+            for param, flag in zip(model.parameters(), requires_grad):
+                param.requires_grad_(flag)
+            return list(model.parameters())
+        ids = {id(p) for module in trained for p in module.parameters()}
+        params = []
+        for param, flag in zip(model.parameters(), requires_grad):
+            param.requires_grad_(flag and id(param) in ids)
+            if id(param) in ids:
+                params.append(param)
+        return params
+
+    def _streams(self, method: Method, stage: Stage, k: int, data: DataBundle, train_labels: np.ndarray,
+                 augmentations: dict) -> list[TrainStream]:
+        """One stream per sampler entry of the stage, each with only its own views.
+
+        Generators: stream j of stage k is seeded ``seed*1000 + 100*k + j`` (stage 0: ``seed*1000 + j``).
+        """
+        cfg = self.config
+        samplers = method.samplers if stage.samplers is None else stage.samplers
+        views = method.views if stage.views is None else stage.views
+        streams = []
+        for j, (sampler, stream_views) in enumerate(stream_specs(samplers, views)):
+            for view in stream_views:
+                if view not in augmentations:
+                    augmentations[view] = get_augmentation(view, cfg.image_size)
+            generator = torch.Generator().manual_seed(cfg.seed * 1000 + 100 * k + j)
+            streams.append(TrainStream(data.pixels, data.train, train_labels, sampler, cfg.batch_size,
+                                       [augmentations[v] for v in stream_views], self.device, generator,
+                                       self.channels_last, sizes=data.original_sizes))
+        return streams
 
     # ----------------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -70,6 +70,28 @@ def make_isic2018_layout(root: Path, per_class: int = 6, seed: int = 0) -> pd.Da
     return gt
 
 
+COLUMNS_2019 = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
+
+
+def make_isic2019_layout(root: Path, per_class: int = 6, seed: int = 0) -> None:
+    """An official ISIC 2019 training layout (no metadata, so no lesion ids) of small real JPEGs."""
+    rng = np.random.default_rng(seed)
+    folder = root / "ISIC_2019_Training_Input"
+    folder.mkdir(parents=True)
+    rows = []
+    for c, name in enumerate(COLUMNS_2019[:-1]):  # UNK has no image, as in the real set
+        for k in range(per_class):
+            image_id = f"ISIC_{c:03d}{k:04d}"
+            pixels = np.clip(rng.normal(30 + 25 * c, 20, size=(36, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{image_id}.jpg", quality=90)
+            rows.append({"image": image_id, **{col: float(col == name) for col in COLUMNS_2019}})
+    pd.DataFrame(rows).to_csv(root / "ISIC_2019_Training_GroundTruth.csv", index=False)
+
+
+def cached_files(*folders: Path) -> list[Path]:
+    return [p for folder in folders if folder.exists() for p in folder.rglob("*") if p.is_file()]
+
+
 # ------------------------------------------------------------------------------- error paths
 
 
@@ -132,6 +154,88 @@ def test_bad_option_values(tmp_path, cli):
     assert_one_line_error(cli("train", "--method", "focal", "--param", "gama=1"), "focal", "gama")
     assert_one_line_error(cli("train", "--method", "ce", "--device", "cuda:7"), "--device")
     assert_one_line_error(cli("report", str(tmp_path / "nothing")), "nothing")
+
+
+BAD_FLAGS = [
+    (["--epochs", "2.5"], "--epochs 2.5: expected an integer"),
+    (["--batch-size", "16.0"], "--batch-size 16.0: expected an integer"),
+    (["--lr", "-1"], "--lr -1: must be greater than 0"),
+    (["--seed", "-1"], "--seed -1: must be an integer from 0"),
+    (["--split-seed", "abc"], "--split-seed abc: expected an integer"),
+    (["--param", "gamma=abc"], "--param gamma=abc: expected a number"),
+    (["--image-size", "1e3"], "--image-size 1e3: expected an integer"),
+    (["--pretrained", "imagenet"], "the small-cnn backbone has no pretrained weights"),
+    # needs the data (after the label files, still before any pixel): BatchNorm needs 2 images
+    (["--batch-size", "1"], "batch_size 1: method 'focal' on small-cnn has BatchNorm layers"),
+]
+BAD_BENCH_LINES = [
+    ("train: {backbone: small-cnn, epochs: 2.5}", "train.epochs = 2.5: expected an integer"),
+    ("train: {backbone: small-cnn, batch_size: 16.0}", "train.batch_size = 16.0: expected an integer"),
+    ("train: {backbone: small-cnn, lr: -1}", "train.lr = -1: must be greater than 0"),
+    ("split: {seed: abc}", "split.seed = 'abc': expected an integer"),
+    ("seeds: [0, 1.5]", "seeds: seed 1.5: expected an integer"),
+]
+
+
+def test_bad_values_are_one_line_and_prepare_no_pixels(tmp_path, cli):
+    """Every bad value of issue 14 part 3: exit 2, one line, no traceback, no cache file written."""
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    make_isic2018_layout(root)
+    base = ["train", "--method", "focal", "--dataset", "isic2018", "--data-root", str(root),
+            "--cache-dir", str(cache), "--backbone", "small-cnn", "--pretrained", "none", "--image-size", "16"]
+    for extra, fragment in BAD_FLAGS:
+        assert_one_line_error(cli(*base, *extra), fragment)
+        assert not cached_files(cache, tmp_path / ".cache"), extra
+    (tmp_path / "afile").write_text("not a folder")
+    assert_one_line_error(cli(*base, "--cache-dir", str(tmp_path / "afile")), "--cache-dir", "exists and is not a folder")
+    assert (tmp_path / "afile").read_text() == "not a folder"
+    for line, fragment in BAD_BENCH_LINES:
+        bench = tmp_path / "bad.yaml"
+        bench.write_text(f"dataset: {{name: isic2018, data_root: {root}}}\ncache_dir: {cache}\nmethods: [ce]\n"
+                         f"{line}\n")
+        assert_one_line_error(cli("bench", "--benchmark", str(bench), "--out", str(tmp_path / "out")),
+                              "bad.yaml", fragment)
+        assert not cached_files(cache, tmp_path / ".cache"), line
+    bench.write_text(f"dataset: {{name: isic2018, data_root: {root}}}\ncache_dir: {tmp_path / 'afile'}\nmethods: [ce]\n")
+    assert_one_line_error(cli("bench", "--benchmark", str(bench)), "cache_dir", "exists and is not a folder")
+    for extra, fragment in ((["--epochs", "2.5"], "--epochs 2.5: expected an integer"),
+                            (["--seeds", "0,-1"], "--seeds 0,-1: seed -1: must be an integer from 0"),
+                            (["--methods", "ce,nope"], "--methods nope: not a row of the benchmark")):
+        good = tmp_path / "good.yaml"
+        good.write_text(f"dataset: {{name: isic2018, data_root: {root}}}\ncache_dir: {cache}\nmethods: [ce]\n")
+        assert_one_line_error(cli("bench", "--benchmark", str(good), *extra), fragment)
+    assert not cached_files(cache, tmp_path / ".cache")
+
+
+def test_a_value_error_from_setup_is_one_line_before_pixels(tmp_path, cli):
+    """Checks that need the data live in the method's setup; the runs layer makes them one line."""
+    import torch.nn.functional as F
+
+    from ltbench import LossMethod
+    from ltbench.registry import register_method, unregister_method
+
+    @register_method("test-weighted")
+    class Weighted(LossMethod):  # a test-only method: one class weight per class, checked in setup
+        def __init__(self, class_weights: list[float] | None = None) -> None:
+            super().__init__()
+            self.class_weights = class_weights
+
+        def setup(self, info) -> None:
+            if self.class_weights is not None and len(self.class_weights) != info.num_classes:
+                raise ValueError(f"class_weights has {len(self.class_weights)} values for {info.num_classes} classes")
+
+        def loss(self, logits, labels):
+            return F.cross_entropy(logits, labels)
+
+    try:
+        root, cache = tmp_path / "data", tmp_path / "cache"
+        make_isic2018_layout(root)
+        proc = cli("train", "--method", "test-weighted", "--param", "class_weights=[1, 2e0]", "--dataset", "isic2018",
+                   "--data-root", str(root), "--cache-dir", str(cache), "--backbone", "small-cnn", "--pretrained", "none")
+        assert_one_line_error(proc, "method 'test-weighted': class_weights has 2 values for 7 classes")
+        assert not cached_files(cache)
+    finally:
+        unregister_method("test-weighted")
 
 
 def test_lists(tmp_path, cli):
@@ -216,6 +320,83 @@ def test_killed_bench_resumes_where_it_stopped(tmp_path):
     assert f"{4 - len(finished)} run(s) trained, {len(finished)} skipped" in resumed.stdout
 
 
+def test_variant_rows_never_overwrite_each_other(tmp_path, cli):
+    bench = tmp_path / "variants.yaml"
+    bench.write_text("""\
+name: variants
+dataset: {name: synthetic}
+train: {backbone: small-cnn, image_size: 16, epochs: 1, batch_size: 32, lr: 1e-1, device: cpu}
+seeds: [0]
+methods:
+  focal: {}
+  focal_g1: {method: focal, gamma: 1}
+""")
+    out = tmp_path / "out"
+    proc = cli("bench", "--benchmark", str(bench), "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "lr=0.1" in proc.stdout and "2 run(s) trained" in proc.stdout
+    plain = json.loads((out / "runs" / "focal" / "seed0.json").read_text())
+    variant = json.loads((out / "runs" / "focal_g1" / "seed0.json").read_text())
+    assert (plain["method"], plain["registered_method"], plain["method_params"]["gamma"]) == ("focal", "focal", 2.0)
+    assert (variant["method"], variant["registered_method"], variant["method_params"]["gamma"]) == ("focal_g1", "focal", 1)
+    assert plain["run_key"] != variant["run_key"] and variant["pipeline"] == plain["pipeline"] >= 2
+    summary = (out / "summary.md").read_text()
+    assert "| focal " in summary and "| focal_g1 " in summary
+    only = cli("bench", "--benchmark", str(bench), "--out", str(out), "--quiet", "--methods", "focal_g1")
+    assert "0 run(s) trained, 1 skipped" in only.stdout, only.stderr
+
+
+@pytest.fixture
+def fake_imagenet_weights(tmp_path, monkeypatch) -> Path:
+    """torch.hub's cache holding a file under ResNet-50's ImageNet name that is not ResNet-50.
+
+    So the ISIC protocol's `pretrained: imagenet` finds "its" weights offline and online alike,
+    and fails in one line at the point weights are loaded (after everything was checked).
+    """
+    import torch
+
+    home = tmp_path / "torch"
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save({"conv1.weight": torch.zeros(1)}, home / "hub" / "checkpoints" / "resnet50-0676ba61.pth")
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+def test_train_runs_the_protocol_of_its_dataset(tmp_path, cli, fake_imagenet_weights):
+    root = tmp_path / "isic2019"
+    make_isic2019_layout(root)
+    proc = cli("train", "--method", "ce", "--dataset", "isic2019", "--data-root", str(root), "--device", "cpu")
+    settings = [line for line in proc.stdout.splitlines() if "settings:" in line]
+    assert len(settings) == 1, proc.stdout
+    for fact in ("backbone=resnet50", "pretrained=imagenet", "image_size=224", "epochs=100", "batch_size=64",
+                 "lr=0.002", "momentum=0.9", "weight_decay=0.0001", "select_metric=acc", "isic2019 protocol"):
+        assert fact in settings[0], settings[0]
+    assert_one_line_error(proc, "--pretrained imagenet: not resnet50 weights")
+    # "grouped" without lesion ids is named for what it is, with a warning, and the leak is unknown
+    assert "warning: split 'grouped': no image has a lesion id" in proc.stderr
+    assert "split stratified (image-level: no lesion ids)" in proc.stdout
+    assert "lesion leak: unknown:" in proc.stdout and "test images without a lesion id" in proc.stdout
+
+
+def test_train_flags_override_the_dataset_protocol(tmp_path, cli):
+    root = tmp_path / "isic2019"
+    make_isic2019_layout(root)
+    out = tmp_path / "out"
+    proc = cli("train", "--method", "ce", "--dataset", "isic2019", "--data-root", str(root), "--backbone", "small-cnn",
+               "--image-size", "32", "--epochs", "1", "--device", "cpu", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    settings = next(line for line in proc.stdout.splitlines() if "settings:" in line)
+    for fact in ("backbone=small-cnn", "pretrained=none", "image_size=32", "epochs=1", "lr=0.002", "batch_size=64"):
+        assert fact in settings, settings
+    result = json.loads((out / "runs" / "ce" / "seed0.json").read_text())
+    config = result["config"]
+    assert (config["backbone"], config["pretrained"], config["image_size"], config["epochs"]) == ("small-cnn", None, 32, 1)
+    assert (config["lr"], config["batch_size"], config["momentum"]) == (0.002, 64, 0.9)  # the ISIC protocol's
+    assert result["split"]["kind"] == "stratified (image-level: no lesion ids)"
+    leak = result["split"]["lesion_leak"]
+    assert leak["test_lesions"] == 0 and leak["test_images_without_lesion_id"] == leak["test_images"] > 0
+
+
 # ------------------------------------------------------------------------------- real ISIC images
 
 
@@ -235,13 +416,15 @@ def real_isic2018_root(tmp_path_factory, isic2018_test_images) -> Path:
 def test_train_on_real_isic2018_images_in_the_official_layout(tmp_path, real_isic2018_root):
     out = tmp_path / "out"
     proc = run("train", "--method", "ce", "--dataset", "isic2018", "--data-root", str(real_isic2018_root),
-               "--epochs", "1", "--image-size", "32", "--out", str(out),
+               "--epochs", "1", "--image-size", "32", "--backbone", "small-cnn", "--out", str(out),
                "--cache-dir", str(real_isic2018_root.parent / "cache"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "runs" / "ce" / "seed0.json").read_text())
     assert result["dataset"]["class_names"] == COLUMNS
     assert sum(sum(result["dataset"]["class_counts"][part]) for part in ("train", "val", "test")) == 1512
-    assert result["split"]["kind"] == "grouped"
+    # the official test CSV has no lesion ids: the "grouped" default is image-level, and says so
+    assert result["split"]["kind"] == "stratified (image-level: no lesion ids)"
+    assert "no image has a lesion id" in proc.stderr
     assert 0 <= result["test"]["acc"] <= 100 and len(result["test"]["confusion_matrix"]) == 7
     split = pd.read_csv(out / "split.csv")
     assert len(split) == 1512 and set(split["part"]) == {"train", "val", "test"}

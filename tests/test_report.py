@@ -224,3 +224,44 @@ def test_mean_confusion_in_figure_input(results):
     mat = mean_confusion(results, "ce")              # diag 0.5, 0.6, 0.7 -> 0.6
     assert np.diag(mat) == pytest.approx([0.6] * 3)
     assert mat.sum(axis=1) == pytest.approx([1.0] * 3)
+
+
+# ----------------------------------------------------------------------------- lesion leak
+
+def test_leak_text_never_says_none_when_ids_are_missing():
+    from ltbench.report import leak_text
+
+    full = {"test_lesions_also_in_train": 0, "test_lesions": 40, "test_images_without_lesion_id": 0, "test_images": 50}
+    assert leak_text(full) == "none: no test lesion has images in train"
+    partial = {**full, "test_images_without_lesion_id": 7}
+    assert leak_text(partial) == ("0 of 40 test lesions also have images in train; "
+                                  "7 test images without a lesion id (leak unknown for them)")
+    assert leak_text({**partial, "test_lesions_also_in_train": 3}).startswith("3 of 40 test lesions")
+    assert leak_text({**full, "test_lesions": 0, "test_images_without_lesion_id": 50}) == \
+        "unknown: 50 test images without a lesion id"
+    # results written before the count existed, and runs on data without lesion ids
+    assert leak_text({"test_lesions_also_in_train": 2, "test_lesions": 9}) == "2 of 9 test lesions also have images in train"
+    assert leak_text(None) == "unknown (no lesion ids)"
+
+
+def test_readme_reports_images_without_a_lesion_id(results, tmp_path):
+    for r in results:
+        r["split"]["kind"] = "stratified (image-level: no lesion ids)"
+        r["split"]["lesion_leak"] = {"test_lesions_also_in_train": 0, "test_lesions": 0,
+                                     "test_images_without_lesion_id": 8, "test_images": 8}
+    paths = write_report(results, tmp_path)
+    readme = paths["README.md"].read_text()
+    assert "- Lesion leak: unknown: 8 test images without a lesion id" in readme
+    assert "Lesion leak: none" not in readme
+    assert "stratified (image-level: no lesion ids)" in readme
+    assert "split: stratified (image-level: no lesion ids)" in paths["summary.md"].read_text().splitlines()[0]
+
+
+def test_variant_rows_are_separate_rows(results, tmp_path):
+    variant = [fake_result("focal_g1", seed, NUMBERS["ce"][seed], 0.5) for seed in range(3)]
+    for r in variant:
+        r["registered_method"] = "ce"
+    text = write_report(results + variant, tmp_path, order=["focal_g1", "ce"])["summary.md"].read_text()
+    rows = md_rows(text)
+    assert list(rows) == ["focal_g1", "ce", "ldam_drw"]
+    assert rows["focal_g1"][0] == rows["ce"][0] == "82.00 ± 2.00"

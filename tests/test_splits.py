@@ -10,7 +10,8 @@ import pytest
 
 from ltbench.data.base import ImageSet, Split
 from ltbench.data.isic import ISIC2018_COLUMNS, ISIC2019_COLUMNS, read_onehot_csv
-from ltbench.data.splits import _fast_stratified_group_kfold, group_codes, lesion_leak, make_split, read_split_csv, write_split_csv
+from ltbench.data.splits import (IMAGE_LEVEL_FALLBACK, _fast_stratified_group_kfold, group_codes, leak_report, lesion_leak,
+                                  make_split, read_split_csv, write_split_csv)
 from ltbench.errors import LtbenchError
 
 
@@ -56,6 +57,10 @@ def isic2019_grouped(shared_data: Path, isic2019_set: ImageSet) -> ImageSet:
 def test_grouped_isic2019(isic2019_grouped: ImageSet) -> None:
     sp = make_split(isic2019_grouped, seed=0)
     assert lesion_leak(isic2019_grouped, sp)[0] == 0
+    # 2,084 images have no lesion id: their leak is unknown and counted, not called "none"
+    report = leak_report(isic2019_grouped, sp)
+    assert report["test_images_without_lesion_id"] + report["train_images_without_lesion_id"] <= 2084
+    assert 300 < report["test_images_without_lesion_id"] < 540 and report["test_images"] == len(sp.test)
     assert abs(len(sp.test) / len(isic2019_grouped) - 0.2) < 0.01
     nv = isic2019_grouped.class_names.index("NV")
     assert abs(sp.class_counts(isic2019_grouped, "test")[nv] - 12875 * 0.2) < 100
@@ -290,3 +295,40 @@ def test_kfold_splits_use_only_the_official_training_images_when_official_parts_
         assert len(used) == int((official == "train").sum())
     split = make_split(image_set, kind="official")
     assert set(official[split.test]) == {"test"} and set(official[split.val]) == {"val"}
+
+
+# ------------------------------------------------------------------------- leak with unknown ids
+
+
+def _grouped_set(groups: list, labels: list[int]) -> ImageSet:
+    ids = [f"im{i}" for i in range(len(labels))]
+    return ImageSet(ids=ids, labels=np.array(labels), class_names=["a", "b"], paths=_fake_paths(ids),
+                    groups=np.array(groups, dtype=object))
+
+
+def test_leak_report_counts_test_images_without_a_lesion_id() -> None:
+    # rows:      0     1     2     3     4    5     6     7
+    groups = ["L1", "L2", "L3", None, "", "L1", "L4", None]
+    s = _grouped_set(groups, [0, 1, 0, 1, 0, 1, 0, 1])
+    split = Split(train=np.array([0, 1, 7]), val=np.array([2]), test=np.array([3, 4, 5, 6]), kind="csv")
+    # test lesions with an id: L1 (also in train through row 0) and L4; rows 3 and 4 have no id
+    assert lesion_leak(s, split) == (1, 2)
+    assert leak_report(s, split) == {"test_lesions_also_in_train": 1, "test_lesions": 2,
+                                     "test_images_without_lesion_id": 2, "test_images": 4,
+                                     "train_images_without_lesion_id": 1}
+    no_ids = ImageSet(ids=s.ids, labels=s.labels, class_names=s.class_names, paths=s.paths)
+    assert leak_report(no_ids, split)["test_images_without_lesion_id"] == 4
+    assert leak_report(no_ids, split)["test_lesions"] == 0
+
+
+def test_grouped_without_any_lesion_id_says_it_is_image_level() -> None:
+    labels = [0] * 30 + [1] * 20
+    ids = [f"im{i}" for i in range(50)]
+    for groups in (None, np.array([None, ""] * 25, dtype=object)):
+        s = ImageSet(ids=ids, labels=np.array(labels), class_names=["a", "b"], paths=_fake_paths(ids), groups=groups)
+        sp = make_split(s, "grouped", seed=0)
+        assert sp.kind == IMAGE_LEVEL_FALLBACK == "stratified (image-level: no lesion ids)"
+        assert sp.details["grouped_by"] == "image" and "no image has a lesion id" in sp.details["warning"]
+    some = _grouped_set(["L0"] + [None] * 49, labels)
+    sp = make_split(some, "grouped", seed=0)
+    assert sp.kind == "grouped" and "warning" not in sp.details and sp.details["grouped_by"] == "lesion_id"

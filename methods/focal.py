@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ltbench import LossMethod, register_method
+from ltbench import LossMethod, TrainInfo, register_method
 
 
 def focal_loss(logits: Tensor, labels: Tensor, gamma: float, weight: Tensor | None = None) -> Tensor:
@@ -33,6 +33,11 @@ class Focal(LossMethod):
         self.class_weights = class_weights
         weight = torch.as_tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("weight", weight)
+
+    def setup(self, info: TrainInfo) -> None:
+        if self.weight is not None and self.weight.numel() != info.num_classes:
+            raise ValueError(f"class_weights has {self.weight.numel()} values for "
+                             f"{info.num_classes} classes")
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return focal_loss(logits, labels, self.gamma, self.weight)

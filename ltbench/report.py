@@ -310,9 +310,17 @@ def _safe_filename(name: str) -> str:
 
 # ----------------------------------------------------------------------------- writing
 
-def write_report(results: list[dict], out_dir: Path,
-                 order: Sequence[str] | None = None) -> dict[str, Path]:
-    """Write summary.{md,csv,tex}, confusion figures and README.md; return file name -> path."""
+def write_report(results: list[dict], out_dir: Path, order: Sequence[str] | None = None,
+                 run_dir: Path | None = None, baseline: str | None = "ce") -> dict[str, Path]:
+    """Write summary.{md,csv,tex}, confusion figures, the evidence (``evidence.md``, calibration,
+    metric bars, per-class recall, reliability diagrams, training curves; computed from the runs'
+    saved probabilities under ``run_dir``, default ``out_dir/runs``) and README.md.
+
+    ``baseline`` is the method the paired tests compare against (skipped when absent).
+    Returns file name -> path.
+    """
+    from ltbench.report_evidence import evidence_outputs
+
     summary = summarize(results, order)
     ctx = _context(results)
     out_dir = Path(out_dir)
@@ -337,11 +345,26 @@ def write_report(results: list[dict], out_dir: Path,
         put(name, _confusion_figure([panel], class_names))
         per_method.append((method, name))
 
-    put("README.md", _readme(ctx, table, per_method))
+    evidence = evidence_outputs(results, Path(run_dir) if run_dir else out_dir / "runs", summary,
+                                list(summary["method"]), baseline)
+    for name, content in evidence.items():
+        put(name, content)
+    put("README.md", _readme(ctx, table, per_method, sorted(evidence)))
     return written
 
 
-def _readme(ctx: dict[str, str], table: str, per_method: list[tuple[str, str]]) -> str:
+_EVIDENCE_FILES = {
+    "evidence.md": "95 % bootstrap intervals, paired tests against the baseline (Holm), calibration, collapse flags",
+    "calibration.csv": "ECE, NLL, Brier, worst-class recall and best epoch per run",
+    "metrics.png": "headline metrics per method, error bars = std over seeds",
+    "per_class_recall.png": "test recall per method and class, classes head → tail",
+    "reliability.png": "reliability diagrams, seeds pooled",
+    "training_curves.png": "validation metric per epoch, one line per seed",
+}
+
+
+def _readme(ctx: dict[str, str], table: str, per_method: list[tuple[str, str]],
+            evidence: Sequence[str] = ()) -> str:
     lines = [
         f"# ltbench report: {ctx['dataset']}",
         "",
@@ -363,6 +386,7 @@ def _readme(ctx: dict[str, str], table: str, per_method: list[tuple[str, str]]) 
         "- [summary.tex](summary.tex): LaTeX booktabs table",
         "- [confusion_matrices.png](confusion_matrices.png): all methods",
         *(f"- [{name}]({name}): {method}" for method, name in per_method),
+        *(f"- [{name}]({name}): {_EVIDENCE_FILES.get(name, name)}" for name in evidence),
         "",
         "## Confusion matrices",
         "",
@@ -371,6 +395,13 @@ def _readme(ctx: dict[str, str], table: str, per_method: list[tuple[str, str]]) 
         "![Confusion matrices](confusion_matrices.png)",
         "",
     ]
+    if "evidence.md" in evidence:
+        lines += ["## Evidence", "",
+                  "Confidence intervals, paired tests against the baseline, calibration and collapse flags: "
+                  "[evidence.md](evidence.md).", ""]
+        lines += [f"![{name}]({name})\n" for name in
+                  ("metrics.png", "per_class_recall.png", "reliability.png", "training_curves.png")
+                  if name in evidence]
     return "\n".join(lines)
 
 

@@ -394,7 +394,9 @@ def split_settings() -> dict[str, Setting]:
     return {"kind": Setting("kind", str | None, None, one_of(KINDS)),
             "seed": Setting("seed", int, 0, seed_rule),
             "dir": Setting("dir", str | None, None, _not_empty),
-            "file": Setting("file", str | None, None, _not_empty)}
+            "file": Setting("file", str | None, None, _not_empty),
+            # FlexSampling's imbalance ratio (--split flexsampling; ltbench/data/published_splits.py)
+            "ratio": Setting("ratio", int | None, None, one_of((100, 200, 500)))}
 
 
 def dataset_option_settings(dataset: str) -> tuple[dict[str, Setting], bool]:

@@ -160,3 +160,17 @@ def _load_isic2018(data_root: Path) -> ImageSet:
     from ltbench.data.isic import load_isic2018
 
     return load_isic2018(data_root)
+
+
+# MedMNIST v2's DermaMNIST benchmark setting (ResNet-18, 100 epochs, batch 128, at the file's size),
+# with ltbench's SGD at lr 0.01 instead of MedMNIST's Adam at 0.001 (the trainer has one optimiser).
+DERMAMNIST_PROTOCOL = {"backbone": "resnet18", "image_size": 28, "epochs": 100, "batch_size": 128, "lr": 0.01,
+                       "eval_batch_size": 512}
+
+
+@register_dataset("dermamnist", "MedMNIST's DermaMNIST .npz (28/64/128/224 px; --data-root = its folder; "
+                  "MedMNIST's own split)", needs_root=True, default_split="official", protocol=DERMAMNIST_PROTOCOL)
+def _load_dermamnist(data_root: Path, size: int = 28, verify: bool = False) -> ImageSet:
+    from ltbench.data.dermamnist import load_dermamnist
+
+    return load_dermamnist(data_root, size=size, verify=verify)

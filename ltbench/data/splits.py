@@ -18,7 +18,7 @@ from ltbench.data.isic import read_csv
 from ltbench.errors import LtbenchError
 from ltbench.fileio import atomic_write
 
-KINDS = ("grouped", "stratified", "ecl", "csv", "official")
+KINDS = ("grouped", "stratified", "ecl", "csv", "official", "flexsampling", "flamby")
 PARTS = ("train", "val", "test")
 N_FOLDS = 5  # 3:1:1 = one fold test, one fold val, three folds train
 # The name a "grouped" split goes by when the data has no lesion ids at all.
@@ -32,8 +32,14 @@ def make_split(
     split_dir: Path | None = None,
     split_file: Path | None = None,
     dataset_name: str | None = None,
+    ratio: int | None = None,
 ) -> Split:
-    """Split ``image_set`` by ``kind`` (one of :data:`KINDS`) and check every class is in every part."""
+    """Split ``image_set`` by ``kind`` (one of :data:`KINDS`) and check every class is in every part.
+
+    ``ratio``: FlexSampling's imbalance ratio (100, 200, 500; default 100; ``flexsampling`` only).
+    """
+    if ratio is not None and kind != "flexsampling":
+        raise LtbenchError(f"--ratio {ratio}: applies to --split flexsampling only (the split is {kind!r})")
     if kind == "grouped":
         split = _kfold_split(image_set, seed, grouped=True)
     elif kind == "stratified":
@@ -48,6 +54,16 @@ def make_split(
         split = read_split_csv(image_set, Path(split_file))
     elif kind == "official":
         split = _official_split(image_set)
+    elif kind in ("flexsampling", "flamby"):
+        # The published ISIC 2019 splits (ltbench/data/published_splits.py).
+        from ltbench.data import published_splits
+
+        if split_dir is None:
+            raise LtbenchError(f"--split {kind} needs --split-dir (the folder of its split files)")
+        if kind == "flexsampling":
+            split = published_splits.read_flexsampling_split(image_set, Path(split_dir), 100 if ratio is None else ratio)
+        else:
+            split = published_splits.read_flamby_split(image_set, Path(split_dir), seed)
     else:
         raise LtbenchError(f"--split: unknown kind {kind!r} (choose from {', '.join(KINDS)})")
     split.check(image_set)

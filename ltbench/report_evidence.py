@@ -195,7 +195,41 @@ def calibration_table(evidence: Evidence) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def evidence_markdown(evidence: Evidence, summary: pd.DataFrame) -> str:
+def per_class_table(results: Sequence[dict], methods: Sequence[str]) -> str:
+    """Per class (head → tail, with its group and train/val/test counts): recall per method, mean ± std."""
+    names = [str(n) for n in results[0]["test"]["per_class"]["name"]]
+    counts = results[0].get("dataset", {}).get("class_counts", {})
+    train = counts.get("train") or [0] * len(names)
+    groups = {c: g for g, members in (results[0]["test"].get("groups") or {}).items() for c in members}
+    order = sorted(range(len(names)), key=lambda i: (-int(train[i]), i))
+    rows = []
+    for i in order:
+        cells = [names[i], groups.get(names[i], ""),
+                 *(str((counts.get(part) or ["?"] * len(names))[i]) for part in ("train", "val", "test"))]
+        for m in methods:
+            cells.append(_mean_std([r["test"]["per_class"]["recall"][i] for r in results if r["method"] == m]))
+        rows.append(cells)
+    headers = ["Class", "Group", "Train", "Val", "Test", *methods]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def cost_table(results: Sequence[dict], methods: Sequence[str]) -> str:
+    """Wall time per run, training time per epoch, training images/s and device, mean ± std over seeds."""
+    rows = []
+    for m in methods:
+        runs = [r for r in results if r["method"] == m]
+        epoch_times = [float(np.mean([h.get("train_time_s", math.nan) for h in r.get("history") or [{}]]))
+                       for r in runs]
+        train_images = [sum((r.get("dataset", {}).get("class_counts", {}).get("train") or [0])) for r in runs]
+        rate = [n / t if t and t > 0 else math.nan for n, t in zip(train_images, epoch_times)]
+        devices = ", ".join(sorted({str(r.get("device", "?")) for r in runs}))
+        rows.append([m, _mean_std([r.get("wall_time_s", math.nan) for r in runs]), _mean_std(epoch_times),
+                     _mean_std(rate), devices])
+    headers = ["Method", "Wall time per run (s)", "Train time per epoch (s)", "Train-split images/s", "Device"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def evidence_markdown(evidence: Evidence, summary: pd.DataFrame, results: Sequence[dict] = ()) -> str:
     lines = ["# Evidence", ""]
     if evidence.missing:
         lines += [f"Runs without saved probabilities (left out here): {', '.join(evidence.missing)}.", ""]
@@ -236,6 +270,26 @@ def evidence_markdown(evidence: Evidence, summary: pd.DataFrame) -> str:
         calibration_table(evidence),
         "",
     ]
+    if results:
+        methods = list(summary["method"])
+        lines += [
+            "## Per class",
+            "",
+            "Test recall (%) per class, mean ± std over seeds; classes ordered by training count "
+            "(head → tail), with their head/medium/tail group (terciles of the training counts) and "
+            "their counts in each part of the split.",
+            "",
+            per_class_table(results, methods),
+            "",
+            "## Cost",
+            "",
+            "Wall time of each run (training, validation every epoch, test), its mean training time "
+            "per epoch, and the training split's size divided by that time (a method drawing several "
+            "streams or views per step processes more images than this); device as recorded.",
+            "",
+            cost_table(results, methods),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -342,7 +396,7 @@ def evidence_outputs(results: Sequence[dict], run_dir: Path, summary: pd.DataFra
     runs, missing = load_run_arrays(run_dir, results)
     evidence = compute_evidence(runs, methods, baseline)
     evidence.missing = missing
-    out: dict[str, str | bytes] = {"evidence.md": evidence_markdown(evidence, summary)}
+    out: dict[str, str | bytes] = {"evidence.md": evidence_markdown(evidence, summary, results)}
     if evidence.calibration is not None:
         out["calibration.csv"] = evidence.calibration.to_csv(index=False, lineterminator="\n")
     out["metrics.png"] = metric_bars_figure(summary)

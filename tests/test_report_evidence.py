@@ -80,6 +80,11 @@ def test_every_table_and_figure_is_written_and_non_empty(bench):
                         "training_curves.png", "reliability.png"}
     text = out["evidence.md"]
     assert "majority class" in text and "(n.s.)" in text and "Holm" in text
+    # per class, head -> tail, with group and counts; the cost of each method
+    per_class = text[text.index("## Per class"):text.index("## Cost")]
+    assert per_class.index("| nv ") < per_class.index("| mel ") < per_class.index("| bcc ")
+    assert "| nv      | head    | 60      |" in per_class or "| nv " in per_class and "head" in per_class
+    assert "Wall time per run" in text
     for name, content in out.items():
         assert content, name
         if name.endswith(".png"):

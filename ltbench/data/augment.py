@@ -24,7 +24,9 @@ per-axis scale (the box's fractions of the image are kept exactly). Every factor
 :func:`register_augmentation` returns a callable with this signature.
 
 Random parameters are drawn from the given ``torch.Generator`` and then moved to the batch's
-device, so a seed reproduces a batch exactly. Pass a CPU generator (or None: the global CPU RNG):
+device, so a seed reproduces a batch exactly. On the CPU, :meth:`BatchAugment.split` draws all of a
+batch's parameters first and returns per-chunk jobs that draw nothing, so the loader can run the
+chunks on several single-threaded workers with bit-identical results. Pass a CPU generator (or None: the global CPU RNG):
 the per-sample decisions then live on the host and selecting samples needs no device sync.
 On the CPU a uint8 batch is resized as uint8 (PyTorch's fast SIMD kernel; the same rounding as
 torchvision/PIL on uint8); on CUDA it is resized in float32 — results differ by ≤ 1/255.
@@ -412,22 +414,68 @@ class BatchAugment(torch.nn.Module):
         geometry a random resized crop is drawn on; None: the batch's own H×W.
         """
         _check_batch(images)
+        if images.device.type == "cpu":
+            out, jobs = self.split(images, generator, sizes)
+            results = [job() for job in jobs]
+            return results[0] if out is None else out
         sizes = _check_sizes(sizes, images.shape[0])
-        if images.device.type == "cpu" and images.shape[0] > CPU_CHUNK:
-            # A 64×3×224×224 float batch (38 MB) is above glibc's mmap threshold, so each
-            # intermediate tensor would be freshly mapped and page-faulted; chunks of 16 images
-            # stay in reusable heap memory (≈1.3-1.5× faster on CPU; see benchmarks/throughput.py).
-            out = torch.empty((images.shape[0], 3, self.size, self.size), dtype=torch.float32)
-            for start in range(0, images.shape[0], CPU_CHUNK):
-                part = None if sizes is None else sizes[start:start + CPU_CHUNK]
-                out[start:start + CPU_CHUNK] = self._augment(images[start:start + CPU_CHUNK], generator, part)
-            return out
         return self._augment(images, generator, sizes)
 
+    def split(self, images: Tensor, generator: torch.Generator | None = None,
+              sizes: Tensor | None = None) -> tuple[Tensor | None, list[Callable[[], Tensor]]]:
+        """Draw every random parameter of a CPU batch now; return the output and the jobs filling it.
+
+        The draws are exactly those (and in the order) of :meth:`forward`, which runs the jobs in
+        turn; the jobs (one per chunk of ``CPU_CHUNK`` images) draw nothing, write disjoint slices
+        of the output and may run in any order on any threads — the loader runs them on
+        single-threaded workers (bit-identical: every job runs the same ops on the same tensors).
+        A batch of one chunk has no preallocated output (``None``): its job returns the output,
+        in the memory format the ops give it, as :meth:`forward` always has.
+        """
+        _check_batch(images)
+        if images.device.type != "cpu":
+            raise ValueError("BatchAugment.split is for CPU batches; call the augmentation itself on a device")
+        sizes = _check_sizes(sizes, images.shape[0])
+        n = images.shape[0]
+        out = torch.empty((n, 3, self.size, self.size), dtype=torch.float32) if n > CPU_CHUNK else None
+        jobs = []
+        # A 64×3×224×224 float batch (38 MB) is above glibc's mmap threshold, so each intermediate
+        # tensor would be freshly mapped and page-faulted; chunks of 16 images stay in reusable
+        # heap memory (≈1.3-1.5× faster on CPU; see benchmarks/throughput.py).
+        for start in range(0, n, CPU_CHUNK):
+            part = images[start:start + CPU_CHUNK]
+            part_sizes = None if sizes is None else sizes[start:start + CPU_CHUNK]
+            draws = self._draw(part.shape[0], part.shape[-2], part.shape[-1], part_sizes, generator)
+            jobs.append(_Job(self, part, part_sizes, draws, None if out is None else out[start:start + CPU_CHUNK]))
+        return out, jobs
+
     def _augment(self, images: Tensor, generator: torch.Generator | None, sizes: Tensor | None) -> Tensor:
-        x = self._geometry(images, generator, sizes)  # a new float32 tensor: later ops may be in place
-        x = self._colour(x, generator)
-        return self._normalise(x)
+        draws = self._draw(images.shape[0], images.shape[-2], images.shape[-1], sizes, generator)
+        return self._apply(images, sizes, draws)
+
+    def _draw(self, n: int, height: int, width: int, sizes: Tensor | None,
+              generator: torch.Generator | None) -> _Draws:
+        """All random parameters of ``n`` images (batch H×W ``height``×``width``), in forward's order."""
+        # The geometry the crop is drawn on: the originals', else the batch's own.
+        orig_h, orig_w = (height, width) if sizes is None else sizes.unbind(dim=1)
+        geometry = self.sample_geometry(n, orig_h, orig_w, generator)
+        jitter = None if self.jitter is None else _draw_jitter(n, self.jitter, generator)
+        gray = _coin(n, self.grayscale_p, generator) if self.grayscale_p > 0 else None
+        return _Draws(geometry, jitter, gray)
+
+    def _apply(self, images: Tensor, sizes: Tensor | None, draws: _Draws, out: Tensor | None = None) -> Tensor:
+        """The augmentation with given draws (no random draw here); into ``out`` if given."""
+        # A new float32 tensor: later ops may be in place. Into a preallocated (NCHW) output the
+        # layout of x is free; otherwise it stays what it always was (the model sees the same strides).
+        x = self._apply_geometry(images, sizes, draws.geometry, contiguous=out is not None)
+        if draws.jitter is not None:
+            _apply_jitter_(x, draws.jitter)
+        if draws.grayscale is not None:
+            idx = _host_indices(draws.grayscale, x.device)
+            if idx is not None:
+                gray = rgb_to_grayscale(x.index_select(0, idx)).expand(-1, 3, -1, -1)
+                x.index_copy_(0, idx, gray)
+        return self._normalise(x, out)
 
     def sample_geometry(self, n: int, height: int | Tensor, width: int | Tensor,
                         generator: torch.Generator | None = None) -> Geometry:
@@ -445,24 +493,24 @@ class BatchAugment(torch.nn.Module):
         angle = _uniform(n, -self.rotation_deg, self.rotation_deg, generator)
         return Geometry(boxes, hflip, vflip, angle)
 
-    def _geometry(self, images: Tensor, generator: torch.Generator | None, sizes: Tensor | None) -> Tensor:
-        """Crop / resize / flip / rotate to N×3×S×S."""
-        n, _, height, width = images.shape
-        # The geometry the crop is drawn on: the originals', else the batch's own.
+    def _apply_geometry(self, images: Tensor, sizes: Tensor | None, geometry: Geometry,
+                        contiguous: bool = False) -> Tensor:
+        """Crop / resize / flip / rotate to N×3×S×S with given parameters."""
+        _, _, height, width = images.shape
         orig_h, orig_w = (height, width) if sizes is None else sizes.unbind(dim=1)
-        boxes, hflip, vflip, angle = self.sample_geometry(n, orig_h, orig_w, generator)
+        boxes, hflip, vflip, angle = geometry
         if boxes is None and self.rotation_deg == 0:
             # Resize + flips only: an exact antialiased resize (= torchvision's Resize((S, S)))
             # and exact flips are both cheaper and sharper than a resampling grid.
-            x = _resized_unit_float(images, (self.size, self.size))
+            x = _resized_unit_float(images, (self.size, self.size), contiguous)
             _flip_samples_(x, hflip, dim=-1)
             _flip_samples_(x, vflip, dim=-2)
             return x
         if boxes is None:  # rotation alone: rotate the resized image
-            x = _resized_unit_float(images, (self.size, self.size))
+            x = _resized_unit_float(images, (self.size, self.size), contiguous)
         else:
             min_side = math.sqrt(self.crop_scale[0] * min(self.crop_ratio))
-            x = _resized_unit_float(images, presample_size(height, width, self.size, min_side))
+            x = _resized_unit_float(images, presample_size(height, width, self.size, min_side), contiguous)
         grid = geometry_grid(boxes, orig_h, orig_w, hflip, vflip, angle, self.size,
                              (x.shape[-2], x.shape[-1]), device=x.device, dtype=x.dtype,
                              rotate=self.rotation_deg != 0)
@@ -470,24 +518,36 @@ class BatchAugment(torch.nn.Module):
         # the black corners, never blends into the box's edge.
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
-    def _colour(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Random-applied colour jitter, then random grayscale (both in place on ``x``)."""
-        if self.jitter is not None:
-            _jitter_(x, self.jitter, generator)
-        if self.grayscale_p > 0:
-            idx = _host_indices(_coin(x.shape[0], self.grayscale_p, generator), x.device)
-            if idx is not None:
-                gray = rgb_to_grayscale(x.index_select(0, idx)).expand(-1, 3, -1, -1)
-                x.index_copy_(0, idx, gray)
-        return x
-
-    def _normalise(self, x: Tensor) -> Tensor:
-        """(x − mean) / std per channel, as one fused x·(1/std) − mean/std."""
+    def _normalise(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """(x − mean) / std per channel, as one fused x·(1/std) − mean/std (into ``out`` if given)."""
         mean = torch.tensor(self.mean, dtype=torch.float64).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float64).view(1, -1, 1, 1)
         scale = (1.0 / std).to(device=x.device, dtype=x.dtype)
         bias = (-mean / std).to(device=x.device, dtype=x.dtype)
-        return torch.addcmul(bias, x, scale)
+        if out is None:
+            return torch.addcmul(bias, x, scale)
+        return torch.addcmul(bias, x, scale, out=out)  # same kernel, no copy of the result
+
+
+class _Draws(NamedTuple):
+    """Every random parameter of one chunk, drawn by :meth:`BatchAugment._draw`."""
+
+    geometry: Geometry
+    jitter: tuple[Tensor, list[int], list] | None  # see _draw_jitter; None: no jitter
+    grayscale: Tensor | None  # bool [n]; None: no random grayscale
+
+
+class _Job:
+    """One chunk of :meth:`BatchAugment.split`: computes it into its slice of the output."""
+
+    __slots__ = ("augment", "images", "sizes", "draws", "out")
+
+    def __init__(self, augment: BatchAugment, images: Tensor, sizes: Tensor | None, draws: _Draws,
+                 out: Tensor | None) -> None:
+        self.augment, self.images, self.sizes, self.draws, self.out = augment, images, sizes, draws, out
+
+    def __call__(self) -> Tensor:
+        return self.augment._apply(self.images, self.sizes, self.draws, self.out)
 
 
 def _check_batch(images: Tensor) -> None:
@@ -509,14 +569,19 @@ def _check_sizes(sizes, n: int) -> Tensor | None:
     return t.to(torch.int64)
 
 
-def _to_unit_float(images: Tensor) -> Tensor:
-    """A new float32 tensor in [0, 1] (uint8 is scaled; float is taken as already in [0, 1])."""
+def _to_unit_float(images: Tensor, contiguous: bool = False) -> Tensor:
+    """A new float32 tensor in [0, 1] (uint8 is scaled; float is taken as already in [0, 1]).
+
+    ``contiguous``: in NCHW order (the same values; the colour ops' channel-plane passes run
+    ~20 % faster on a CPU than on the channels-last layout a permuted NHWC cache gives).
+    """
+    layout = torch.contiguous_format if contiguous else torch.preserve_format
     if images.dtype == torch.uint8:
-        return images.to(torch.float32).div_(255.0)
-    return images.to(torch.float32, copy=True)  # a copy: later ops write in place
+        return images.to(torch.float32, memory_format=layout).div_(255.0)
+    return images.to(torch.float32, memory_format=layout, copy=True)  # a copy: later ops write in place
 
 
-def _resized_unit_float(images: Tensor, size: tuple[int, int]) -> Tensor:
+def _resized_unit_float(images: Tensor, size: tuple[int, int], contiguous: bool = False) -> Tensor:
     """Antialiased bilinear resize to ``size`` (as torchvision's ``resize``), as new float32.
 
     uint8 on the CPU is resized as uint8: PyTorch's SIMD kernel for it is ~10× faster than the
@@ -524,12 +589,13 @@ def _resized_unit_float(images: Tensor, size: tuple[int, int]) -> Tensor:
     Elsewhere (CUDA has no uint8 antialias kernel) the batch is resized in float32.
     """
     if tuple(images.shape[-2:]) == size:
-        return _to_unit_float(images)
+        return _to_unit_float(images, contiguous)
     if images.dtype == torch.uint8 and images.device.type == "cpu":
         images = F.interpolate(images, size=size, mode="bilinear", antialias=True)
-        return _to_unit_float(images)
+        return _to_unit_float(images, contiguous)
     x = _to_unit_float(images)
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x.contiguous() if contiguous else x
 
 
 def _host_indices(mask: Tensor, device: torch.device) -> Tensor | None:
@@ -551,7 +617,11 @@ def _flip_samples_(x: Tensor, mask: Tensor, dim: int) -> None:
 
 def _jitter_(x: Tensor, cfg: ColorJitter, generator: torch.Generator | None) -> None:
     """``RandomApply(ColorJitter)`` in place: per-sample factors, one random op order per batch."""
-    n = x.shape[0]
+    _apply_jitter_(x, _draw_jitter(x.shape[0], cfg, generator))
+
+
+def _draw_jitter(n: int, cfg: ColorJitter, generator: torch.Generator | None) -> tuple[Tensor, list[int], list]:
+    """The random parameters of :func:`_jitter_` for ``n`` samples: (applied, op order, ops)."""
     applied = _coin(n, cfg.p, generator)
     order = torch.randperm(4, generator=generator,
                            device=generator.device if generator is not None else None).tolist()
@@ -561,6 +631,12 @@ def _jitter_(x: Tensor, cfg: ColorJitter, generator: torch.Generator | None) -> 
         _factor_op(adjust_saturation, cfg.saturation, n, generator),
         (adjust_hue, _uniform(n, -cfg.hue, cfg.hue, generator)) if cfg.hue > 0 else None,
     ]
+    return applied, order, ops
+
+
+def _apply_jitter_(x: Tensor, drawn: tuple[Tensor, list[int], list]) -> None:
+    """:func:`_jitter_` with given parameters (from :func:`_draw_jitter`)."""
+    applied, order, ops = drawn
     idx = _host_indices(applied, x.device)
     if idx is None:
         return

@@ -4,7 +4,7 @@ Same model (``build_backbone`` + linear head, seeded, in eval mode), same images
 preprocessing (resize to S×S, normalise), everything under ``torch.inference_mode``:
 
 * ``Trainer.evaluate``: ltbench's real path (``eval_batches`` of ``--batch-size``, eval
-  augmentation, softmax, then the metrics) — the figure the target is checked on;
+  augmentation, softmax, then the metrics) — the headline figure;
 * batched loop: the same without the metrics (how much of it is the model);
 * batch size 1: one image at a time through the same preprocessing and model.
 

@@ -22,8 +22,9 @@ import yaml
 from ltbench import config as cfg
 from ltbench.errors import LtbenchError
 from ltbench.registry import get_method_class
-from ltbench.report import leak_text, load_results, write_report
-from ltbench.runs import DataSpec, check_cache_dir, check_methods_on_data, check_out_dir, prepare_data, run_one, write_split
+from ltbench.report import leak_text, write_report
+from ltbench.runs import (DataSpec, RunClaimed, RunFailed, StaleResult, check_cache_dir, check_methods_on_data,
+                          check_out_dir, prepare_data, read_result, result_paths, run_one, write_split)
 from ltbench.trainer import TrainConfig
 
 _TOP_KEYS = ("name", "description", "dataset", "split", "train", "seeds", "methods", "cache_dir")
@@ -161,7 +162,7 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
         cfg.check_folder(cache_dir, f"{path}: cache_dir")
     data = DataSpec(dataset=dataset["name"], data_root=data_root, options=options or None,
                     split=split.get("kind"), split_seed=split.get("seed", 0), split_dir=split.get("dir"),
-                    split_file=split.get("file"), cache_dir=cache_dir)
+                    split_file=split.get("file"), cache_dir=cache_dir, split_ratio=split.get("ratio"))
     return Benchmark(name=_text(path, "name", raw.get("name"), path.stem), data=data, train=config, seeds=seeds,
                      methods=rows, description=_text(path, "description", raw.get("description"), ""),
                      sources=sources)
@@ -190,12 +191,28 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+class BenchIncomplete(LtbenchError):
+    """Raised after the report is written when some runs failed or have stale results (exit non-zero)."""
+
+
 def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=print,
-                  warn: Callable[[str], None] = _warn) -> dict[str, Path]:
-    """Train what is missing, then write the report. Returns the report's files."""
+                  warn: Callable[[str], None] = _warn, *, force: bool = False, retry_failed: bool = False,
+                  keep_checkpoints: bool = False) -> dict[str, Path]:
+    """Train what is missing, then write the report. Returns the report's files.
+
+    Interrupted runs resume from their last epoch's checkpoint. A failed run is recorded and the
+    bench goes on; a run another bench is training is done last, after waiting for its claim; a
+    stored result of another configuration is kept out of the table and listed (``force``
+    retrains it and replaces a damaged result file; up-to-date results are still skipped). When any run failed or is stale, :class:`BenchIncomplete` is raised after the
+    report is written.
+    """
     start = time.perf_counter()
     check_cache_dir(bench.data, "cache_dir")
     cfg.check_folder(out_dir, "--out")
+    if not force:  # a damaged result file is one line before any pixel, never silently replaced
+        for name in bench.methods:
+            for seed in bench.seeds:
+                read_result(result_paths(out_dir, name, seed)[0])
     echo(f"{bench.name}: " + cfg.describe_train(bench.train, bench.sources))
     rows = {name: (row.method, row.params) for name, row in bench.methods.items()}
     out_dir = check_out_dir(out_dir)
@@ -209,18 +226,69 @@ def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=p
          f"({len(prepared.split.train)}/{len(prepared.split.val)}/{len(prepared.split.test)}), "
          f"train counts {counts}; lesion leak: {leak_text(prepared.leak)}")
     total = len(bench.methods) * len(bench.seeds)
-    done = trained = 0
-    for name, row in bench.methods.items():
-        for seed in bench.seeds:
-            done += 1
+    results: dict[tuple[str, int], dict] = {}
+    failures: list[dict] = []
+    stale: list[dict] = []
+    counter = {"done": 0, "trained": 0}
+
+    def attempt(name: str, row: MethodRow, seed: int, wait: bool) -> bool:
+        """One run; False if another bench holds its claim (retried at the end, waiting)."""
+        try:
             result, was_trained = run_one(row.method, row.params, seed, bench.train, bench.data, prepared, out_dir,
-                                          benchmark=bench.name, progress=progress, row=name)
-            trained += was_trained
-            status = f"trained in {result['wall_time_s']:.1f} s" if was_trained else "already done, skipped"
-            t = result["test"]
-            echo(f"[{done}/{total}] {name} seed {seed}: {status}; test Acc {t['acc']:.2f} "
-                 f"Sen {t['sen']:.2f} F1 {t['f1']:.2f}")
-    files = write_report(load_results(out_dir / "runs"), out_dir, order=list(bench.methods))
-    echo(f"{trained} run(s) trained, {total - trained} skipped; report: {files['summary.md']}")
+                                          benchmark=bench.name, progress=progress, row=name, wait=wait,
+                                          replace_stale=force, retry_failed=retry_failed,
+                                          keep_checkpoints=keep_checkpoints, warn=warn)
+        except RunClaimed as exc:
+            echo(f"[-/{total}] {name} seed {seed}: {exc}; doing the others first")
+            return False
+        counter["done"] += 1
+        head = f"[{counter['done']}/{total}] {name} seed {seed}"
+        results[(name, seed)] = result
+        counter["trained"] += was_trained
+        status = f"trained in {result['wall_time_s']:.1f} s" if was_trained else "already done, skipped"
+        t = result["test"]
+        echo(f"{head}: {status}; test Acc {t['acc']:.2f} Sen {t['sen']:.2f} F1 {t['f1']:.2f}")
+        return True
+
+    def guarded(name: str, row: MethodRow, seed: int, wait: bool) -> bool:
+        try:
+            return attempt(name, row, seed, wait)
+        except RunFailed as exc:  # isolated: recorded next to the run, the bench goes on
+            counter["done"] += 1
+            failures.append(exc.record)
+            again = " (recorded earlier; --retry-failed reruns it)" if exc.record.get("previous") else ""
+            when = "before training" if exc.record["epoch"] is None else f"in epoch {exc.record['epoch']}"
+            echo(f"[{counter['done']}/{total}] {name} seed {seed}: FAILED {when}: "
+                 f"{exc.record['reason']}{again}; traceback: {exc.record['log_path']}")
+        except StaleResult as exc:
+            counter["done"] += 1
+            stale.append({"method": name, "seed": seed, "path": str(exc.path), "stored_key": exc.stored,
+                          "current_key": exc.current})
+            echo(f"[{counter['done']}/{total}] {name} seed {seed}: STALE: {exc}")
+        return True
+
+    deferred = [(name, row, seed) for name, row in bench.methods.items() for seed in bench.seeds
+                if not guarded(name, row, seed, wait=False)]
+    for name, row, seed in deferred:  # claimed by another bench: wait for it, then use its result
+        echo(f"{name} seed {seed}: waiting for the bench that is training it")
+        guarded(name, row, seed, wait=True)
+
+    trained = counter["trained"]
+    finished = [results[(n, s)] for n in bench.methods for s in bench.seeds if (n, s) in results]
+    problems = []
+    if failures:
+        problems.append(f"{len(failures)} failed")
+    if stale:
+        problems.append(f"{len(stale)} stale (another configuration's result kept; --force retrains)")
+    if finished:
+        files = write_report(finished, out_dir, order=list(bench.methods), failures=failures, stale=stale)
+        where = f"report: {files['summary.md']}"
+    else:
+        files, where = {}, "no finished run, no report"
+    skipped = len(finished) - trained
+    echo(f"{trained} run(s) trained, {skipped} skipped{''.join('; ' + p for p in problems)}; {where}")
     echo(f"wall time: {time.perf_counter() - start:.1f} s")
+    if problems:
+        raise BenchIncomplete(f"{total} runs: {len(finished)} finished, {', '.join(problems)}"
+                              + (f"; see {files['summary.md']}" if files else ""))
     return files

@@ -67,10 +67,11 @@ _PROTOCOL_HELP = "default: the dataset's protocol"
               help="Method hyperparameter, converted by its declared type; repeatable.")
 @click.option("--dataset", default="digits-lt", show_default=True)
 @click.option("--data-root", type=click.Path(path_type=Path), help="Folder with the dataset's official files.")
-@click.option("--split", "split_kind", help="grouped | stratified | ecl | official | csv (default: the dataset's).")
+@click.option("--split", "split_kind", help="grouped | stratified | ecl | official | csv | flexsampling | flamby (default: the dataset's).")
 @click.option("--split-seed", help="Seed of a 3:1:1 split (default 0).")
-@click.option("--split-dir", type=click.Path(path_type=Path), help="Folder of the ECL split CSVs (--split ecl).")
+@click.option("--split-dir", type=click.Path(path_type=Path), help="Folder of the published split files (--split ecl | flexsampling | flamby).")
 @click.option("--split-file", type=click.Path(path_type=Path), help="A split CSV (--split csv).")
+@click.option("--ratio", "split_ratio", help="FlexSampling's imbalance ratio: 100 | 200 | 500 (--split flexsampling; default 100).")
 @click.option("--backbone", help=f"resnet18 | resnet34 | resnet50 | small-cnn ({_PROTOCOL_HELP}).")
 @click.option("--pretrained", help=f"imagenet, a URL, a local .pth file, or none ({_PROTOCOL_HELP}).")
 @click.option("--image-size", help=_PROTOCOL_HELP)
@@ -83,7 +84,7 @@ _PROTOCOL_HELP = "default: the dataset's protocol"
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Pixel cache (default ~/.cache/ltbench).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default reports/train/DATASET).")
 @click.option("--force", is_flag=True, help="Train even if a result with the same config exists.")
-def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_dir, split_file, backbone,
+def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_dir, split_file, split_ratio, backbone,
               pretrained, image_size, epochs, batch_size, lr, select_metric, seed, device, cache_dir, out,
               force) -> None:
     """Train and test one method with one seed; writes a result file and prints the test metrics."""
@@ -98,16 +99,17 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
     get_method_class(method)  # fail fast on an unknown name
     get_dataset(dataset)
     params = cfg.method_params(method, _parse_params(params), cfg.param_flag, text=True)
-    split_flags = {"kind": split_kind, "seed": split_seed, "dir": split_dir, "file": split_file}
+    split_flags = {"kind": split_kind, "seed": split_seed, "dir": split_dir, "file": split_file, "ratio": split_ratio}
     split = cfg.read(cfg.split_settings(), {k: str(v) for k, v in split_flags.items() if v is not None},
-                     cfg.flag({"kind": "--split", "seed": "--split-seed", "dir": "--split-dir", "file": "--split-file"}),
+                     cfg.flag({"kind": "--split", "seed": "--split-seed", "dir": "--split-dir", "file": "--split-file",
+                               "ratio": "--ratio"}),
                      text=True)
     flags = {"backbone": backbone, "pretrained": pretrained, "image_size": image_size, "epochs": epochs,
              "batch_size": batch_size, "lr": lr, "select_metric": select_metric, "device": device, "seed": seed}
     config, sources = cfg.train_config(dataset, cfg.Layer("command line", flags, cfg.flag(), text=True))
     spec = DataSpec(dataset=dataset, data_root=str(data_root) if data_root else None, split=split.get("kind"),
                     split_seed=split.get("seed", 0), split_dir=split.get("dir"), split_file=split.get("file"),
-                    cache_dir=str(cache_dir) if cache_dir else None)
+                    cache_dir=str(cache_dir) if cache_dir else None, split_ratio=split.get("ratio"))
     check_cache_dir(spec)
     out = cfg.check_folder(out or Path("reports") / "train" / dataset, "--out")
     click.echo(f"{method}: " + cfg.describe_train(config, sources, seed=True))
@@ -139,8 +141,16 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
 @click.option("--device", help="auto, cpu, cuda, cuda:N.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default reports/NAME).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, device, out, quiet) -> None:
-    """Train every method × seed of a benchmark (skipping finished runs) and write the report."""
+@click.option("--force", is_flag=True, help="Retrain runs whose stored result has another configuration (stale) or is damaged.")
+@click.option("--retry-failed", is_flag=True, help="Rerun the runs recorded as failed (default: report them again).")
+@click.option("--keep-checkpoints", is_flag=True, help="Keep the last checkpoints of finished runs (default: removed).")
+def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, device, out, quiet, force, retry_failed,
+              keep_checkpoints) -> None:
+    """Train every method × seed of a benchmark (skipping finished runs) and write the report.
+
+    Interrupted runs resume from their last finished epoch; failed runs are recorded and the others
+    go on (exit status 2 at the end if any failed or is stale).
+    """
     from ltbench import config as cfg
     from ltbench.bench import load_benchmark, run_benchmark, select_rows
 
@@ -153,7 +163,8 @@ def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, device, out, qu
     if data_root:
         bench.data.data_root = str(data_root)
     run_benchmark(bench, out or Path("reports") / bench.name, progress=not quiet, echo=click.echo,
-                  warn=lambda message: click.echo(message, err=True))
+                  warn=lambda message: click.echo(message, err=True), force=force, retry_failed=retry_failed,
+                  keep_checkpoints=keep_checkpoints)
 
 
 @cli.command("report")
@@ -174,6 +185,27 @@ def report_cmd(run_dir: Path, out: Path | None) -> None:
 @cli.group("data")
 def data_group() -> None:
     """Dataset utilities."""
+
+
+@data_group.command("download")
+@click.argument("dataset", type=click.Choice(["isic2018", "isic2019"]))
+@click.option("--to", "to", required=True, type=click.Path(path_type=Path),
+              help="Folder to fill in the official layout (then use it as --data-root).")
+@click.option("--dry-run", is_flag=True, help="Print the files, sizes and checks; download nothing.")
+@click.option("--no-extract", is_flag=True, help="Download and verify only.")
+def download_cmd(dataset, to, dry_run, no_extract) -> None:
+    """Download, verify and extract the official ISIC challenge files (resumes an interrupted download).
+
+    The base URL can be replaced with $LTBENCH_DOWNLOAD_URL (a mirror).
+    """
+    from ltbench.data.download import download, dry_run_lines
+
+    if dry_run:
+        for line in dry_run_lines(dataset, to):
+            click.echo(line)
+        return
+    download(dataset, to, extract=not no_extract, echo=click.echo)
+    click.echo(f"{dataset}: done; use --data-root {to}")
 
 
 @data_group.command("prepare")
@@ -214,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"ltbench: error: {exc.format_message()}", err=True)
         return exc.exit_code
+    except OSError as exc:  # the machine's: a full disk, a read-only folder (runs convert theirs already)
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"ltbench: error: {where}{exc.strerror or exc}", err=True)
+        return 2
     return 0
 
 

@@ -233,13 +233,47 @@ def _cells(summary: pd.DataFrame, bold: Callable[[str], str], pm: str, nan: str)
             if not math.isnan(std):
                 text += f" {pm} {std:.2f}"
             cells.append(text)
+        if "failed" in summary:
+            cells.append(str(row["failed"] or ""))
         rows.append(cells)
     return rows
 
 
 def _headers(summary: pd.DataFrame) -> list[str]:
     seeds = ["Seeds"] if summary["n_seeds"].nunique() > 1 else []
-    return ["Method", *seeds, *(title for _, title in _columns(summary))]
+    failed = ["Failed runs"] if "failed" in summary else []
+    return ["Method", *seeds, *(title for _, title in _columns(summary)), *failed]
+
+
+def with_failures(summary: pd.DataFrame, failures: Sequence[dict], order: Sequence[str] | None = None) -> pd.DataFrame:
+    """The summary with a ``failed`` column naming each failed run (seed, epoch, reason) in its row.
+
+    A method whose every seed failed gets a row of its own (0 seeds, no metrics), so a failure is
+    never hidden by its absence. Unchanged (no column) when nothing failed.
+    """
+    if not failures:
+        return summary
+    notes: dict[str, list[str]] = {}
+    for f in sorted(failures, key=lambda f: (str(f["method"]), f["seed"])):
+        notes.setdefault(str(f["method"]), []).append(
+            f"seed {f['seed']}: {'before training' if f['epoch'] is None else 'epoch ' + str(f['epoch'])}, {f['reason']}")
+    extra = [{"method": m, "n_seeds": 0} for m in notes if m not in set(summary["method"])]
+    table = pd.concat([summary, pd.DataFrame(extra)], ignore_index=True) if extra else summary.copy()
+    rank = {m: k for k, m in enumerate(dict.fromkeys([*(order or []), *summary["method"]]))}
+    table = table.sort_values("method", key=lambda col: col.map(lambda m: rank.get(m, len(rank))), kind="stable")
+    table = table.reset_index(drop=True)
+    table["failed"] = ["; ".join(notes.get(m, [])) for m in table["method"]]
+    return table
+
+
+def stale_lines(stale: Sequence[dict]) -> list[str]:
+    """Markdown lines listing results of another configuration (kept, not in the table)."""
+    if not stale:
+        return []
+    return ["Stale results (made with another configuration; kept, left out of the table; "
+            "`--force` retrains them):", "",
+            *(f"- {s['method']} seed {s['seed']}: `{s['path']}` (run key {s['stored_key']}, now {s['current_key']})"
+              for s in stale), ""]
 
 
 def markdown_table(summary: pd.DataFrame) -> str:
@@ -258,7 +292,8 @@ def latex_table(summary: pd.DataFrame) -> str:
         r"\toprule",
         " & ".join(headers) + r" \\",
         r"\midrule",
-        *(" & ".join([latex_escape(r[0]), *r[1:]]) + r" \\" for r in rows),
+        *(" & ".join([latex_escape(r[0]), *r[1:-1], latex_escape(r[-1]) if "failed" in summary else r[-1]])
+          + r" \\" for r in rows),
         r"\bottomrule",
         r"\end{tabular}",
     ]
@@ -311,12 +346,15 @@ def _safe_filename(name: str) -> str:
 # ----------------------------------------------------------------------------- writing
 
 def write_report(results: list[dict], out_dir: Path, order: Sequence[str] | None = None,
-                 run_dir: Path | None = None, baseline: str | None = "ce") -> dict[str, Path]:
+                 run_dir: Path | None = None, baseline: str | None = "ce", failures: Sequence[dict] = (),
+                 stale: Sequence[dict] = ()) -> dict[str, Path]:
     """Write summary.{md,csv,tex}, confusion figures, the evidence (``evidence.md``, calibration,
     metric bars, per-class recall, reliability diagrams, training curves; computed from the runs'
     saved probabilities under ``run_dir``, default ``out_dir/runs``) and README.md.
 
     ``baseline`` is the method the paired tests compare against (skipped when absent).
+    ``failures`` (failure records of ``ltbench.runs``) appear in their method's row of the tables;
+    ``stale`` (results of another configuration) are listed below the table, never averaged.
     Returns file name -> path.
     """
     from ltbench.report_evidence import evidence_outputs
@@ -330,10 +368,12 @@ def write_report(results: list[dict], out_dir: Path, order: Sequence[str] | None
     def put(name: str, data: str | bytes) -> None:
         written[name] = atomic_write(out_dir / name, data)
 
-    table = markdown_table(summary)
+    shown = with_failures(summary, failures, order)  # the tables; figures and evidence use finished runs
+    notes = "\n".join(stale_lines(stale))
+    table = markdown_table(shown) + ("\n\n" + notes.rstrip("\n") if notes else "")
     put("summary.md", f"{_header_line(ctx)}\n\n{table}\n")
-    put("summary.csv", summary.to_csv(index=False, lineterminator="\n"))
-    put("summary.tex", latex_table(summary))
+    put("summary.csv", shown.to_csv(index=False, lineterminator="\n"))
+    put("summary.tex", latex_table(shown))
 
     class_names = [str(n) for n in results[0]["test"]["per_class"]["name"]]
     panels = [(f"{m} (n={int(n)})", mean_confusion(results, m))

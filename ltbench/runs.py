@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,6 +21,8 @@ import numpy as np
 
 from ltbench.data.base import ImageSet, Split
 from ltbench.data.datasets import get_dataset, load_dataset
+from ltbench.checkpoint import CheckpointStore, hook
+from ltbench.claims import Claim
 from ltbench.errors import LtbenchError
 from ltbench.fileio import atomic_write
 from ltbench.method import Method
@@ -46,11 +49,15 @@ class DataSpec:
     split_dir: str | None = None
     split_file: str | None = None
     cache_dir: str | None = None
+    split_ratio: int | None = None  # FlexSampling's imbalance ratio (split kind "flexsampling")
 
     def identity(self) -> dict:
         """What determines the data (not where it is stored)."""
-        return {"dataset": self.dataset, "options": self.options or {}, "split": self.split_kind,
-                "split_seed": self.split_seed}
+        ident = {"dataset": self.dataset, "options": self.options or {}, "split": self.split_kind,
+                 "split_seed": self.split_seed}
+        if self.split_ratio is not None:  # only when set, so that existing run keys do not move
+            ident["split_ratio"] = self.split_ratio
+        return ident
 
     @property
     def split_kind(self) -> str:
@@ -83,9 +90,9 @@ def prepare_data(spec: DataSpec, image_size: int, verify: bool = False,
 
     image_set = load_dataset(spec.dataset, spec.data_root, **(spec.options or {}))
     split = make_split(image_set, kind=spec.split_kind, seed=spec.split_seed,
-                       split_dir=Path(spec.split_dir) if spec.split_dir else None,
+                       split_dir=resolve_split_dir(spec.split_dir, spec.data_root),
                        split_file=Path(spec.split_file) if spec.split_file else None,
-                       dataset_name=spec.dataset)
+                       dataset_name=spec.dataset, ratio=spec.split_ratio)
     if before_pixels is not None:
         before_pixels(image_set, split)
     if image_set.pixels is not None:
@@ -101,6 +108,20 @@ def prepare_data(spec: DataSpec, image_size: int, verify: bool = False,
                         train=split.train, val=split.val, test=split.test, original_sizes=sizes)
     leak = leak_report(image_set, split, "test")
     return PreparedData(image_set, split, split.hash(image_set), bundle, leak)
+
+
+def resolve_split_dir(split_dir: str | None, data_root: str | None) -> Path | None:
+    """A relative split folder: under the working folder if there, else under ``data_root``.
+
+    So a benchmark file can say ``dir: flexible_sampling_splits`` and ``make bench DATA_ROOT=...``
+    finds the published split files kept beside the images.
+    """
+    if not split_dir:
+        return None
+    path = Path(split_dir).expanduser()
+    if not path.is_absolute() and not path.exists() and data_root and (Path(data_root).expanduser() / path).exists():
+        return Path(data_root).expanduser() / path
+    return path
 
 
 def _jsonable(value):
@@ -151,16 +172,75 @@ def result_paths(out_dir: Path, method: str, seed: int) -> tuple[Path, Path]:
     return base.with_suffix(".json"), base.with_suffix(".npz")
 
 
+def read_result(path: Path) -> dict | None:
+    """A stored result file, None if absent; an unreadable one is one LtbenchError line.
+
+    Results are written atomically, so a truncated or garbled file was made or damaged outside
+    ltbench: it is reported, never silently replaced (``--force`` retrains and replaces it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LtbenchError(f"{path}: unreadable result file ({reason}); remove it, or rerun with --force "
+                           "to retrain and replace it") from None
+    if not isinstance(result, dict):
+        raise LtbenchError(f"{path}: not a result file (expected a JSON object); remove it, or rerun with --force")
+    return result
+
+
 def existing_result(out_dir: Path, method: str, seed: int, key: str) -> dict | None:
     """The stored result of this run if it was made with the same run key."""
     json_path, _ = result_paths(out_dir, method, seed)
-    if not json_path.is_file():
-        return None
+    result = read_result(json_path)
+    return result if result is not None and result.get("run_key") == key else None
+
+
+class RunFailed(LtbenchError):
+    """A run whose training raised or whose loss became NaN/inf; ``record`` is its failure record."""
+
+    def __init__(self, record: dict) -> None:
+        when = "before training" if record["epoch"] is None else f"in epoch {record['epoch']}"
+        super().__init__(f"run {record['method']} seed {record['seed']} failed {when}: "
+                         f"{record['reason']} (traceback: {record['log_path']})")
+        self.record = record
+
+
+class StaleResult(LtbenchError):
+    """A stored result of this row and seed made with another run key (another configuration)."""
+
+    def __init__(self, path: Path, stored: str, current: str) -> None:
+        super().__init__(f"{path} holds a result of another configuration (run key {stored}, now {current}); "
+                         "it is kept and left out of the table: rerun with --force to retrain and replace it")
+        self.path, self.stored, self.current = path, stored, current
+
+
+class RunClaimed(LtbenchError):
+    """The run is being trained by another process right now."""
+
+
+def failure_paths(out_dir: Path, method: str, seed: int) -> tuple[Path, Path]:
+    """The failure record (``seed<k>.failed.json``) and its traceback log (``seed<k>.failed.log``)."""
+    base = Path(out_dir) / "runs" / method / f"seed{seed}"
+    return base.with_name(base.name + ".failed.json"), base.with_name(base.name + ".failed.log")
+
+
+def read_failure(out_dir: Path, method: str, seed: int) -> dict | None:
+    path, _ = failure_paths(out_dir, method, seed)
     try:
-        result = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # unreadable: retrain and overwrite
-    return result if result.get("run_key") == key else None
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # absent, or (never by ltbench: written atomically) unreadable: the run is retried
+    return record if isinstance(record, dict) else None
+
+
+def _storage_error(exc: OSError) -> LtbenchError:
+    where = exc.filename or "the output folder"
+    return LtbenchError(f"cannot write {where}: {exc.strerror or exc} (the bench stopped; finished runs and "
+                        "checkpoints are kept, rerun to resume)")
 
 
 def versions() -> dict:
@@ -177,22 +257,85 @@ def versions() -> dict:
 
 def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data_spec: DataSpec,
             prepared: PreparedData, out_dir: Path, benchmark: str = "", progress: bool = True,
-            force: bool = False, row: str | None = None) -> tuple[dict, bool]:
+            force: bool = False, row: str | None = None, *, wait: bool = True, retry_failed: bool = False,
+            keep_checkpoints: bool = False, warn: Callable[[str], None] | None = None,
+            replace_stale: bool = False) -> tuple[dict, bool]:
     """Train one method with one seed unless its result exists. Returns (result, trained).
 
     ``row``: the benchmark row name (default: the method's); results live in ``runs/<row>/``
     and carry it as ``method``, with the registered method as ``registered_method``.
+
+    Reliability (issue 9): the run is claimed first (``ltbench.claims``; ``wait=False`` raises
+    :class:`RunClaimed` if another process holds it, else this waits). A result of another run key
+    raises :class:`StaleResult` (kept; ``replace_stale`` retrains it and a damaged result file,
+    ``force`` retrains even an up-to-date result, from scratch). Training resumes from the run's last
+    checkpoint (``seed<k>.ckpt``, written every epoch, removed once the result is written unless
+    ``keep_checkpoints``). A run that raises or whose loss becomes NaN/inf writes
+    ``seed<k>.failed.json`` (epoch, reason) and ``seed<k>.failed.log`` (traceback) and raises
+    :class:`RunFailed`; a recorded failure of the same key is raised again without training unless
+    ``retry_failed``. A write that fails (full disk, read-only folder) is one LtbenchError line.
     """
     row = row or method_name
     config = TrainConfig(**{**config.to_dict(), "seed": seed})
     method: Method = create_method(method_name, **params)
     full_params = _jsonable(method.get_params())
     key = run_key(row, full_params, seed, config, data_spec, prepared.split_hash, registered=method_name)
-    if not force and (done := existing_result(out_dir, row, seed, key)) is not None:
-        return done, False
-    trainer = Trainer(config, progress=progress, desc=f"{row} seed {seed}")
-    output = trainer.fit(method, prepared.bundle)
     json_path, npz_path = result_paths(out_dir, row, seed)
+    claim = Claim(json_path.with_suffix(".lock"))
+    if not claim.acquire(wait=False):
+        if not wait:
+            raise RunClaimed(f"run {row} seed {seed} is being trained by {claim.holder()} (claim {claim.path})")
+        claim.acquire(wait=True)
+    try:
+        return _run_claimed(method, method_name, full_params, key, seed, config, data_spec, prepared, out_dir,
+                            benchmark, progress, force, row, retry_failed, keep_checkpoints, warn, replace_stale)
+    except OSError as exc:
+        raise _storage_error(exc) from None
+    finally:
+        claim.release()
+
+
+def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, seed: int, config: TrainConfig,
+                 data_spec: DataSpec, prepared: PreparedData, out_dir: Path, benchmark: str, progress: bool,
+                 force: bool, row: str, retry_failed: bool, keep_checkpoints: bool,
+                 warn: Callable[[str], None] | None, replace_stale: bool) -> tuple[dict, bool]:
+    """:func:`run_one` once this process holds the run's claim (so the checks below cannot race)."""
+    json_path, npz_path = result_paths(out_dir, row, seed)
+    failed_path, log_path = failure_paths(out_dir, row, seed)
+    store = CheckpointStore(json_path.with_suffix(""), key, warn=warn)
+    if not force:
+        try:
+            stored = read_result(json_path)
+        except LtbenchError:
+            if not replace_stale:
+                raise
+            stored = None  # damaged: retrained and replaced
+        if stored is not None and stored.get("run_key") == key:
+            return stored, False
+        if stored is not None and not replace_stale:
+            raise StaleResult(json_path, stored.get("run_key"), key)
+        failure = read_failure(out_dir, row, seed)
+        if failure is not None and failure.get("run_key") == key and not retry_failed:
+            raise RunFailed({**failure, "log_path": str(log_path), "previous": True})
+    else:
+        store.remove()  # --force: a fresh run, not a resumption
+    trainer = Trainer(config, progress=progress, desc=f"{row} seed {seed}")
+    try:
+        output = trainer.fit(method, prepared.bundle, checkpoint=store)
+    except (OSError, KeyboardInterrupt, SystemExit):
+        raise  # the machine's problem (a full disk) or the user's: not the run's failure
+    except Exception as exc:
+        import traceback
+
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        record = {"schema": SCHEMA_VERSION, "status": "failed", "run_key": key, "benchmark": benchmark,
+                  "method": row, "registered_method": method_name, "seed": seed, "epoch": trainer.epoch,
+                  "reason": f"{type(exc).__name__}: {reason}" if not isinstance(exc, LtbenchError) else reason,
+                  "log": log_path.name}
+        atomic_write(log_path, f"run {row} seed {seed} (run key {key}) failed in epoch {trainer.epoch}\n\n"
+                     + traceback.format_exc())
+        atomic_write(failed_path, json.dumps(record, indent=1))
+        raise RunFailed({**record, "log_path": str(log_path)}) from None
     image_set, bundle = prepared.image_set, prepared.bundle
     result = {
         "schema": SCHEMA_VERSION,
@@ -222,7 +365,12 @@ def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data
         "arrays": npz_path.name,
     }
     _atomic_savez(npz_path, output.arrays)
+    hook("result")  # test-only kill point between the arrays and the JSON that marks the run done
     atomic_write(json_path, json.dumps(_jsonable(result), indent=1, allow_nan=True))
+    failed_path.unlink(missing_ok=True)
+    log_path.unlink(missing_ok=True)
+    if not keep_checkpoints:
+        store.remove()
     return result, True
 
 
@@ -285,4 +433,12 @@ def check_out_dir(out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LtbenchError(f"--out {out_dir}: cannot create it ({exc.strerror})") from None
+    # A real probe, not os.access: root passes every permission check, a read-only mount does not.
+    try:
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".ltbench-probe-")
+        os.close(fd)
+        os.unlink(probe)
+        os.listdir(out_dir)
+    except OSError as exc:
+        raise LtbenchError(f"--out {out_dir}: cannot write and read files there ({exc.strerror or exc})") from None
     return out_dir

@@ -3,8 +3,12 @@
 Loop order (docs/architecture.md): setup -> build_model -> stages; per stage: its optimiser over
 the parts it trains (the rest frozen), its streams and views; per epoch: on_epoch_start, batches
 (training_step, backward, SGD step), validate, on_epoch_end, keep the best-validation state
-(selectable stages only); finally test once with that state. Protocol of the ECL paper (Table 1): SGD with
-momentum, weight decay, per-epoch cosine learning rate, best-validation-Acc checkpoint.
+(selectable stages only), and, given a ``CheckpointStore``, save a checkpoint (ltbench/checkpoint.py);
+finally test once with that state. A run given a store with a checkpoint resumes after its epoch: setup,
+model and stages are rebuilt as in the first attempt, then the saved state replaces theirs (the
+stage's fresh optimiser and streams included), so the CPU result is bit-identical.
+Protocol of the ECL paper (Table 1): SGD with momentum, weight decay, per-epoch cosine learning
+rate, best-validation-Acc checkpoint.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ltbench.checkpoint import CheckpointStore, hook, plain, rng_state, set_rng_state, unplain
 from ltbench.data.augment import get_augmentation
 from ltbench.data.loader import TrainStream, eval_batches, steps_per_epoch
 from ltbench.errors import LtbenchError
@@ -123,9 +128,14 @@ class Trainer:
         self.channels_last = cuda and config.channels_last
 
     # ----------------------------------------------------------------------------------------
-    def fit(self, method: Method, data: DataBundle) -> RunOutput:
+    def fit(self, method: Method, data: DataBundle, checkpoint: CheckpointStore | None = None) -> RunOutput:
+        """Train and test ``method``; with ``checkpoint``, resume from its last epoch and save every epoch.
+
+        ``self.epoch`` is the epoch being trained (None before the first), for failure records.
+        """
         cfg, device = self.config, self.device
         run_start = time.perf_counter()
+        self.epoch: int | None = None
         seed_everything(cfg.seed)
         train_labels = data.labels[data.train]
         info = TrainInfo(
@@ -151,18 +161,40 @@ class Trainer:
 
         history: list[dict] = []
         best = (-math.inf, -1, None, None, None)  # score, epoch, model state, method state, val output
-        bar = tqdm(total=cfg.epochs * info.steps_per_epoch, desc=self.desc or method.name, unit="step",
+        # Resumption (ltbench/checkpoint.py): everything above ran as in the first attempt (same RNG
+        # draws); now the saved state replaces what the epochs so far produced.
+        resume = checkpoint.load() if checkpoint is not None else None
+        first_epoch, elapsed = 0, 0.0
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+            method.load_state_dict(resume["method"])
+            history = unplain(resume["history"])
+            best = tuple(unplain(resume["best"]))
+            first_epoch, elapsed = resume["epoch"] + 1, resume["wall_time_s"]
+        bar = tqdm(total=cfg.epochs * info.steps_per_epoch, initial=first_epoch * info.steps_per_epoch,
+                   desc=self.desc or method.name, unit="step",
                    disable=None if self.progress else True, leave=False, dynamic_ncols=True)  # None: bar only on a terminal
         for k, (stage, (start, end)) in enumerate(zip(stages, bounds)):
-            if end == start:
+            if end == start or end <= first_epoch:
                 continue
+            inside = start < first_epoch  # resuming in the middle of this stage
+            if resume is not None and not inside:  # resuming at the start of this stage
+                set_rng_state(resume["rng"])
+                resume = None
             trained = self._trained_modules(model, stage, k)
             params = self._trainable_parameters(model, trained, requires_grad)
             base_lr = cfg.lr if stage.lr is None else stage.lr
             optimizer = torch.optim.SGD(params, lr=base_lr, momentum=cfg.momentum,
                                         weight_decay=cfg.weight_decay if stage.weight_decay is None else stage.weight_decay)
             streams = self._streams(method, stage, k, data, train_labels, augmentations)
-            for epoch in range(start, end):
+            if resume is not None and inside:  # the stage's fresh optimiser and streams take their saved state
+                optimizer.load_state_dict(resume["optimizer"])
+                for stream, state in zip(streams, resume["streams"]):
+                    stream.generator.set_state(state)
+                set_rng_state(resume["rng"])  # last: building the stage may draw from the global RNGs
+                resume = None
+            for epoch in range(max(start, first_epoch), end):
+                self.epoch = epoch
                 lr = cosine_lr(base_lr, epoch - start, end - start)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -192,6 +224,7 @@ class Trainer:
                     for key, value in logs.items():
                         log_sums[key] = log_sums.get(key, 0.0) + value.detach().float()
                     bar.update()
+                    hook("step")
                 train_loss = loss_sum.item() / info.steps_per_epoch
                 if not math.isfinite(train_loss):
                     bar.close()
@@ -210,6 +243,13 @@ class Trainer:
                     best = (score, epoch, _state_copy(model), _state_copy(method), val)
                 bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val['metrics'][cfg.select_metric]:.1f}",
                                 best=f"{best[0]:.1f}@{best[1]}")
+                if checkpoint is not None:  # after the epoch's last state change: the unit of resumption
+                    checkpoint.save({
+                        "epoch": epoch, "stage": k, "model": _state_copy(model), "method": _state_copy(method),
+                        "optimizer": optimizer.state_dict(), "streams": [s.generator.get_state() for s in streams],
+                        "rng": rng_state(), "history": plain(history), "best": plain(list(best)),
+                        "wall_time_s": elapsed + time.perf_counter() - run_start})
+                hook("epoch")
         bar.close()
         for param, flag in zip(model.parameters(), requires_grad):
             param.requires_grad_(flag)
@@ -221,7 +261,7 @@ class Trainer:
         arrays = {"val_labels": best_val["labels"], "val_probs": best_val["probs"],
                   "test_labels": test["labels"], "test_probs": test["probs"]}
         return RunOutput(history=history, best_epoch=best_epoch, val=best_val["metrics"], test=test["metrics"],
-                         arrays=arrays, wall_time_s=time.perf_counter() - run_start)
+                         arrays=arrays, wall_time_s=elapsed + time.perf_counter() - run_start)
 
     # ----------------------------------------------------------------------------------------
     @staticmethod

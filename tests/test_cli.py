@@ -287,10 +287,14 @@ def test_bench_writes_report_and_a_rerun_trains_nothing(tmp_path):
     assert "0 run(s) trained, 4 skipped" in again.stdout
     assert (out / "summary.md").read_text() == summary
 
-    # A changed config is a different run: it retrains instead of reusing a stale result.
+    # A changed config is a different run: its old result is neither reused nor silently replaced
+    # (issue 9: listed as stale, exit 2); --force retrains it.
     changed = run("bench", "--benchmark", str(bench), "--out", str(out), "--quiet", "--epochs", "1",
                   "--methods", "ce", "--seeds", "0", cwd=tmp_path)
-    assert "1 run(s) trained" in changed.stdout
+    assert changed.returncode == 2 and "STALE" in changed.stdout
+    forced = run("bench", "--benchmark", str(bench), "--out", str(out), "--quiet", "--epochs", "1",
+                 "--methods", "ce", "--seeds", "0", "--force", cwd=tmp_path)
+    assert forced.returncode == 0 and "1 run(s) trained" in forced.stdout
 
     rebuilt = run("report", str(out), cwd=tmp_path)
     assert rebuilt.returncode == 0, rebuilt.stderr

@@ -10,6 +10,12 @@ BENCH_ARGS = $(if $(DATA_ROOT),--data-root '$(DATA_ROOT)') \
              $(if $(EPOCHS),--epochs $(EPOCHS)) \
              $(if $(SEEDS),--seeds '$(SEEDS)') \
              $(if $(METHODS),--methods '$(METHODS)') \
+             $(if $(BACKBONE),--backbone '$(BACKBONE)') \
+             $(if $(PRETRAINED),--pretrained '$(PRETRAINED)') \
+             $(if $(IMAGE_SIZE),--image-size '$(IMAGE_SIZE)') \
+             $(if $(BATCH_SIZE),--batch-size '$(BATCH_SIZE)') \
+             $(if $(LR),--lr '$(LR)') \
+             $(if $(SELECT_METRIC),--select-metric '$(SELECT_METRIC)') \
              $(if $(DEVICE),--device $(DEVICE))
 
 .PHONY: install bench test clean

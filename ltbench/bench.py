@@ -191,6 +191,29 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def _first_missing(folder: Path) -> Path | None:
+    """The highest ancestor of ``folder`` (or itself) that does not exist yet; None if it exists."""
+    missing = None
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def _remove_empty(folder: Path, up_to: Path | None) -> None:
+    """Remove ``folder`` and its parents up to ``up_to`` while they are empty (never anything else)."""
+    if up_to is None:
+        return
+    for candidate in (folder, *folder.parents):
+        try:
+            candidate.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            return
+        if candidate == up_to:
+            return
+
+
 class BenchIncomplete(LtbenchError):
     """Raised after the report is written when some runs failed or have stale results (exit non-zero)."""
 
@@ -215,9 +238,14 @@ def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=p
                 read_result(result_paths(out_dir, name, seed)[0])
     echo(f"{bench.name}: " + cfg.describe_train(bench.train, bench.sources))
     rows = {name: (row.method, row.params) for name, row in bench.methods.items()}
+    created = _first_missing(Path(out_dir))
     out_dir = check_out_dir(out_dir)
-    prepared = prepare_data(bench.data, bench.train.image_size,
-                            before_pixels=lambda s, sp: check_methods_on_data(rows, bench.train, s, sp))
+    try:
+        prepared = prepare_data(bench.data, bench.train.image_size,
+                                before_pixels=lambda s, sp: check_methods_on_data(rows, bench.train, s, sp))
+    except BaseException:  # bad data: leave no empty output folder behind
+        _remove_empty(out_dir, created)
+        raise
     if prepared.split.details.get("warning"):
         warn(f"ltbench: warning: {prepared.split.details['warning']}")
     write_split(prepared, out_dir)

@@ -138,14 +138,20 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
 @click.option("--seeds", help="Override the seeds, e.g. 0,1,2.")
 @click.option("--epochs", help="Override the epoch budget.")
 @click.option("--data-root", type=click.Path(path_type=Path), help="Override the dataset folder.")
+@click.option("--backbone", help="Override the backbone: resnet18 | resnet34 | resnet50 | small-cnn.")
+@click.option("--pretrained", help="Override the weights: imagenet, a URL, a local .pth file, or none.")
+@click.option("--image-size", help="Override the training image size.")
+@click.option("--batch-size", help="Override the batch size.")
+@click.option("--lr", help="Override the base learning rate.")
+@click.option("--select-metric", help="Override the best-checkpoint metric: acc | sen | pre | f1 | auc.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default reports/NAME).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--force", is_flag=True, help="Retrain runs whose stored result has another configuration (stale) or is damaged.")
 @click.option("--retry-failed", is_flag=True, help="Rerun the runs recorded as failed (default: report them again).")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep the last checkpoints of finished runs (default: removed).")
-def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, device, out, quiet, force, retry_failed,
-              keep_checkpoints) -> None:
+def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, backbone, pretrained, image_size, batch_size, lr,
+              select_metric, device, out, quiet, force, retry_failed, keep_checkpoints) -> None:
     """Train every method × seed of a benchmark (skipping finished runs) and write the report.
 
     Interrupted runs resume from their last finished epoch; failed runs are recorded and the others
@@ -155,7 +161,9 @@ def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, device, out, qu
     from ltbench.bench import load_benchmark, run_benchmark, select_rows
 
     # Training overrides are TrainConfig fields as text: the same conversion as `train`'s flags.
-    bench = load_benchmark(benchmark_path, train_flags={"epochs": epochs, "device": device})
+    bench = load_benchmark(benchmark_path, train_flags={
+        "epochs": epochs, "device": device, "backbone": backbone, "pretrained": pretrained,
+        "image_size": image_size, "batch_size": batch_size, "lr": lr, "select_metric": select_metric})
     if methods is not None:
         bench.methods = select_rows(bench, methods)
     if seeds is not None:

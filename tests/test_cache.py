@@ -265,3 +265,25 @@ def test_verify_detects_a_same_size_same_mtime_replacement(tmp_path: Path, image
     again = cache.load_images(s, 32, tmp_path, verify=True)
     assert not again.built and len(count_decodes) == decodes
     assert json.loads(manifest.read_text())["sha256"][3] == cache.hashlib.sha256(images[3].read_bytes()).hexdigest()
+
+
+def test_the_pixel_cache_gets_the_users_umask(tmp_path):
+    import os
+
+    from ltbench.data.cache import load_images
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    paths = []
+    for k in range(2):
+        path = folder / f"img{k}.jpg"
+        Image.fromarray(np.full((20, 30, 3), 40 * k, dtype=np.uint8)).save(path)
+        paths.append(path)
+    image_set = ImageSet(ids=[p.stem for p in paths], labels=np.array([0, 1]), class_names=["a", "b"], paths=paths)
+    old = os.umask(0o002)
+    try:
+        load_images(image_set, 8, tmp_path / "cache")
+    finally:
+        os.umask(old)
+    modes = {p.suffix: p.stat().st_mode & 0o777 for p in (tmp_path / "cache").iterdir()}
+    assert modes == {".npy": 0o664, ".json": 0o664}

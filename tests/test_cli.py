@@ -401,6 +401,51 @@ def test_train_flags_override_the_dataset_protocol(tmp_path, cli):
     assert leak["test_lesions"] == 0 and leak["test_images_without_lesion_id"] == leak["test_images"] > 0
 
 
+def test_bench_takes_the_training_overrides_of_train(tmp_path, cli):
+    # The shipped ISIC benchmark asks for ResNet-50 ImageNet weights; a CPU user overrides them on
+    # the command line instead of writing a YAML. A bad override is one line and leaves no folder.
+    root = tmp_path / "isic2019"
+    make_isic2019_layout(root)
+    bench_file = Path(__file__).resolve().parents[1] / "benchmarks" / "isic2019.yaml"
+    bad = cli("bench", "--benchmark", str(bench_file), "--data-root", str(root), "--batch-size", "16.0",
+              "--out", str(tmp_path / "bad"))
+    assert_one_line_error(bad, "--batch-size 16.0")
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "out"
+    proc = cli("bench", "--benchmark", str(bench_file), "--data-root", str(root), "--methods", "ce", "--seeds", "0",
+               "--backbone", "small-cnn", "--pretrained", "none", "--image-size", "16", "--epochs", "1",
+               "--batch-size", "8", "--lr", "1e-2", "--select-metric", "f1", "--device", "cpu", "--out", str(out),
+               "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((out / "runs" / "ce" / "seed0.json").read_text())["config"]
+    assert (config["backbone"], config["pretrained"], config["image_size"], config["epochs"]) == ("small-cnn", None, 16, 1)
+    assert (config["batch_size"], config["lr"], config["select_metric"]) == (8, 0.01, "f1")
+
+
+def test_a_failed_bench_leaves_no_empty_output_folder(tmp_path, cli):
+    bench_file = Path(__file__).resolve().parents[1] / "benchmarks" / "isic2019.yaml"
+    out = tmp_path / "reports" / "isic2019"
+    proc = cli("bench", "--benchmark", str(bench_file), "--data-root", str(tmp_path / "absent"), "--out", str(out))
+    assert_one_line_error(proc, "absent")
+    assert not (tmp_path / "reports").exists()
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    proc = cli("bench", "--benchmark", str(bench_file), "--data-root", str(tmp_path / "absent"), "--out", str(kept))
+    assert proc.returncode == 2 and kept.is_dir()  # a folder the user made stays
+
+
+def test_files_get_the_users_umask_not_mkstemps_0600(tmp_path):
+    from ltbench.fileio import atomic_write, default_file_mode
+
+    old = os.umask(0o002)
+    try:
+        assert default_file_mode() == 0o664
+        written = atomic_write(tmp_path / "result.json", "{}")
+        assert written.stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old)
+
+
 # ------------------------------------------------------------------------------- real ISIC images
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ltbench.data.base import ImageSet
 from ltbench.errors import LtbenchError
-from ltbench.fileio import atomic_write
+from ltbench.fileio import atomic_write, default_file_mode
 
 # v2: the manifest keeps original sizes, source hashes and EXIF orientations (v1 caches rebuild once).
 FORMAT_VERSION = 2
@@ -228,6 +228,7 @@ def _build(paths: list[Path], size: int, npy: Path, manifest_path: Path, manifes
     npy.parent.mkdir(parents=True, exist_ok=True)
     manifest_path.unlink(missing_ok=True)  # from here on the old cache counts as invalid
     fd, tmp = tempfile.mkstemp(dir=npy.parent, prefix=f".{npy.name}.", suffix=".tmp")
+    os.fchmod(fd, default_file_mode())  # the user's umask, not mkstemp's 0600
     os.close(fd)
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))

@@ -165,6 +165,10 @@ def _context(results: list[dict]) -> dict[str, str]:
         "backbone": values(lambda r: r.get("config", {}).get("backbone", "?")),
         "image_size": values(lambda r: r.get("config", {}).get("image_size", "?")),
         "epochs": values(lambda r: r.get("config", {}).get("epochs", "?")),
+        "pretrained": values(lambda r: r.get("config", {}).get("pretrained") or "none"),
+        "batch_size": values(lambda r: r.get("config", {}).get("batch_size", "?")),
+        "lr": values(lambda r: r.get("config", {}).get("lr", "?")),
+        "select_metric": values(lambda r: r.get("config", {}).get("select_metric", "acc")),
         "seeds": values(lambda r: r["seed"]),
         "leak": values(lambda r: leak_text(r.get("split", {}).get("lesion_leak"))),
         "runs": str(len(results)),
@@ -195,9 +199,11 @@ def _natural_key(text: str) -> tuple:
 
 
 def _header_line(ctx: dict[str, str]) -> str:
+    # Every setting that changes results, so a table is never read without its protocol.
     return (f"Dataset: {ctx['dataset']} · split: {ctx['split_kind']} ({ctx['split_hash']}) · "
-            f"backbone: {ctx['backbone']} · image size: {ctx['image_size']} · "
-            f"epochs: {ctx['epochs']} · seeds: {ctx['seeds']}")
+            f"backbone: {ctx['backbone']} · pretrained: {ctx['pretrained']} · image size: {ctx['image_size']} · "
+            f"epochs: {ctx['epochs']} · batch: {ctx['batch_size']} · lr: {ctx['lr']} · "
+            f"best checkpoint by val {ctx['select_metric']} · seeds: {ctx['seeds']}")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -411,8 +417,9 @@ def _readme(ctx: dict[str, str], table: str, per_method: list[tuple[str, str]],
         f"- Dataset: {ctx['dataset']}",
         f"- Split: {ctx['split_kind']} (hash `{ctx['split_hash']}`; the bench writes it to `split.csv`)",
         f"- Lesion leak: {ctx.get('leak', '?')}",
-        f"- Backbone: {ctx['backbone']}, image size {ctx['image_size']}, "
-        f"epochs {ctx['epochs']}",
+        f"- Backbone: {ctx['backbone']} (pretrained: {ctx['pretrained']}), image size {ctx['image_size']}, "
+        f"epochs {ctx['epochs']}, batch {ctx['batch_size']}, lr {ctx['lr']}, "
+        f"best-validation checkpoint by {ctx['select_metric']}",
         f"- Seeds: {ctx['seeds']} ({ctx['runs']} runs)",
         "",
         "Test-set metrics in percent, mean ± sample std over seeds; best mean in bold.",

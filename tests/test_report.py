@@ -116,6 +116,9 @@ def test_summary_md(results, tmp_path):
     first = text.splitlines()[0]
     for fact in ("digits-lt", "grouped", "abc123", "small-cnn", "32", "30", "0, 1, 2"):
         assert fact in first
+    # every setting that changes results is named in the header
+    for fact in ("pretrained: none", "batch: 64", "lr: ?", "best checkpoint by val acc"):
+        assert fact in first, first
     header = next(line for line in text.splitlines() if "Method" in line)
     assert [c.strip() for c in header.strip("|").split("|")] == \
         ["Method", "Acc", "Sen", "Pre", "F1", "AUC", "Head", "Medium", "Tail"]

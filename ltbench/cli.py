@@ -178,14 +178,17 @@ def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, backbone, pretr
 @cli.command("report")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Where to write (default RUN_DIR).")
-def report_cmd(run_dir: Path, out: Path | None) -> None:
-    """Rebuild the tables and figures of RUN_DIR from its result files alone."""
+@click.option("--baseline", default="ce", show_default=True,
+              help="The row the paired tests compare every other method with ('none' for no tests).")
+def report_cmd(run_dir: Path, out: Path | None, baseline: str) -> None:
+    """Rebuild the tables, evidence and figures of RUN_DIR from its result files alone."""
     from ltbench.report import load_results, write_report
 
     if not run_dir.is_dir():
         raise LtbenchError(f"{run_dir}: no such folder")
     runs = run_dir / "runs" if (run_dir / "runs").is_dir() else run_dir
-    files = write_report(load_results(runs), out or run_dir)
+    files = write_report(load_results(runs), out or run_dir, run_dir=runs,
+                         baseline=None if baseline.lower() == "none" else baseline)
     for name, path in files.items():
         click.echo(f"{name}: {path}")
 

@@ -98,3 +98,15 @@ def test_runs_without_saved_probabilities_are_named_not_fatal(bench):
     summary = summarize(results)
     out = evidence_outputs(results, run_dir, summary, list(summary["method"]))
     assert "good seed 1" in out["evidence.md"]
+
+
+def test_ltbench_report_into_another_folder_reads_the_arrays_where_the_runs_are(bench, tmp_path):
+    from ltbench.cli import main
+
+    run_dir, _ = bench
+    out = tmp_path / "elsewhere"
+    assert main(["report", str(run_dir.parent), "--out", str(out)]) == 0
+    text = (out / "evidence.md").read_text()
+    assert "## 95 % confidence intervals" in text and "without saved probabilities" not in text
+    assert main(["report", str(run_dir.parent), "--out", str(tmp_path / "plain"), "--baseline", "none"]) == 0
+    assert "Paired comparison" not in (tmp_path / "plain" / "evidence.md").read_text()

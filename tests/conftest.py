@@ -29,3 +29,16 @@ def isic2018_test_images(shared_data: Path) -> Path:
     if not (folder / "images").is_dir():
         pytest.skip(f"real ISIC 2018 test images not found at {folder}")
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-tensor tests: thread start-up dominates them, and on a
+    busy 2-core machine costs ~20x. Opt in with ``pytestmark = pytest.mark.usefixtures(...)``;
+    never autouse: the golden and contract tests must run with the default thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,13 +21,8 @@ from ltbench.methods.ecl import ECL, ECLNetwork, bhp_loss, bwce_weights, proxy_c
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: thread start-up dominates, and on a busy 2-core machine it costs ~20x.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: thread start-up dominates (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- proxy counts ------------------------------------------------------------------------------

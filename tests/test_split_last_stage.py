@@ -13,12 +13,8 @@ ARCHS = [("small-cnn", 1, ("9.", "10.")), ("resnet18", 2, ("layer4.",)), ("resne
          ("resnet50", 3, ("layer4.",))]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: thread start-up dominates (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ids(module: nn.Module) -> list[int]:

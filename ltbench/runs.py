@@ -36,6 +36,17 @@ SCHEMA_VERSION = 1
 # geometry, rotation inside the resized crop (issue 14, parts 1-2).
 DATA_PIPELINE_VERSION = 2
 
+# Settings added after run keys existed, with the value every earlier run had: a method keyword or
+# TrainConfig field equal to its entry here is left out of the run identity, so adding a setting
+# never moves the keys of existing results. Add a new setting's name here when its default
+# reproduces the former behaviour exactly (a new default that changes results bumps a version).
+KEY_NEUTRAL: dict[str, object] = {}
+
+
+def _key_relevant(values: dict) -> dict:
+    """``values`` without the entries equal to their KEY_NEUTRAL default."""
+    return {k: v for k, v in values.items() if not (k in KEY_NEUTRAL and v == KEY_NEUTRAL[k])}
+
 
 @dataclass
 class DataSpec:
@@ -57,6 +68,9 @@ class DataSpec:
                  "split_seed": self.split_seed}
         if self.split_ratio is not None:  # only when set, so that existing run keys do not move
             ident["split_ratio"] = self.split_ratio
+        version = get_dataset(self.dataset).version
+        if version != 1:  # only when bumped, so that existing run keys do not move
+            ident["dataset_version"] = version
         return ident
 
     @property
@@ -143,8 +157,8 @@ def run_identity(method: str, params: dict, seed: int, config: TrainConfig, data
     ``method`` is the row name of the benchmark; ``registered`` the method it runs when that
     differs (a named variant such as ``focal_g1``), so that two variants never share a key.
     """
-    ident = {"method": method, "params": _jsonable(params), "seed": seed, "data": data.identity(),
-             "split_hash": split_hash, "config": {k: v for k, v in config.to_dict().items()
+    ident = {"method": method, "params": _jsonable(_key_relevant(params)), "seed": seed, "data": data.identity(),
+             "split_hash": split_hash, "config": {k: v for k, v in _key_relevant(config.to_dict()).items()
                                                    if k not in ("device", "seed")},
              "pipeline": DATA_PIPELINE_VERSION}
     if registered is not None and registered != method:

@@ -31,6 +31,9 @@ class DatasetSpec:
     needs_root: bool
     default_split: str
     protocol: Mapping[str, object] = field(default_factory=dict)  # default TrainConfig fields
+    # Bumped when the loader's images, labels or shipped split change; part of the data identity
+    # (run keys) when above 1, so results of an older version are never reused.
+    version: int = 1
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -48,12 +51,12 @@ SYNTHETIC_PROTOCOL = {"backbone": "small-cnn", "image_size": 16, "epochs": 10, "
 
 
 def register_dataset(name: str, description: str, needs_root: bool = False, default_split: str = "grouped",
-                     protocol: Mapping[str, object] | None = None):
+                     protocol: Mapping[str, object] | None = None, version: int = 1):
     """Register a loader; ``protocol`` = the TrainConfig fields a run on it uses by default."""
     def decorate(fn: Callable[..., ImageSet]) -> Callable[..., ImageSet]:
         if name in DATASETS:
             raise ValueError(f"dataset {name!r} is already registered")
-        DATASETS[name] = DatasetSpec(name, fn, description, needs_root, default_split, dict(protocol or {}))
+        DATASETS[name] = DatasetSpec(name, fn, description, needs_root, default_split, dict(protocol or {}), version)
         return fn
 
     return decorate
@@ -89,22 +92,42 @@ def long_tail_counts(n_max: int, num_classes: int, imbalance: float) -> list[int
     return [int(n_max * imbalance ** (-c / (num_classes - 1))) for c in range(num_classes)]
 
 
-def _subsample_long_tail(labels: np.ndarray, imbalance: float, seed: int) -> np.ndarray:
-    classes = np.unique(labels)
-    n_max = min(int((labels == c).sum()) for c in classes)
-    keep_counts = long_tail_counts(n_max, len(classes), imbalance)
-    rng = np.random.default_rng(seed)
-    rows = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, keep_counts)]
-    return np.sort(np.concatenate(rows))
+@register_dataset("digits-lt", "scikit-learn's real 8x8 handwritten digits: balanced val/test, long-tailed train "
+                  "(offline default)", default_split="official", protocol=DIGITS_PROTOCOL, version=2)
+def load_digits_lt(imbalance: float = 10.0, seed: int = 0, val_per_class: int = 20,
+                   test_per_class: int = 30) -> ImageSet:
+    """Balanced validation and test sets drawn first, then only the training rest made long-tailed.
 
-
-@register_dataset("digits-lt", "scikit-learn's real 8x8 handwritten digits, long-tailed (offline default)",
-                  default_split="stratified", protocol=DIGITS_PROTOCOL)
-def load_digits_lt(imbalance: float = 10.0, seed: int = 0) -> ImageSet:
+    As CIFAR-10-LT (Cui et al., CVPR 2019) keeps CIFAR-10's balanced test set: a test set with the
+    training set's profile would be dominated by the head, and its accuracy would say little about
+    the tail. Per class (seeded permutation): ``test_per_class`` test images, ``val_per_class``
+    validation images, then ``n_c = int(n_max · imbalance^(-c/9))`` training images, n_max = the
+    smallest class's remainder (174 - 50 = 124 with the defaults: 124 … 12). The split ships with the
+    dataset (split kind ``official``). Version 2 of the dataset (version 1 made the whole set
+    long-tailed and split it 3:1:1).
+    """
     from sklearn.datasets import load_digits
 
+    if val_per_class < 1 or test_per_class < 1:
+        raise LtbenchError(f"digits-lt: val_per_class={val_per_class}, test_per_class={test_per_class}: "
+                           "each must be at least 1")
     digits = load_digits()
-    rows = _subsample_long_tail(digits.target, imbalance, seed)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(digits.target)
+    shuffled = [rng.permutation(np.flatnonzero(digits.target == c)) for c in classes]
+    held = test_per_class + val_per_class
+    n_max = min(len(rows) for rows in shuffled) - held
+    if n_max < 1:
+        raise LtbenchError(f"digits-lt: val_per_class + test_per_class = {held} leaves no training image "
+                           f"(the smallest class has {held + n_max})")
+    keep = long_tail_counts(n_max, len(classes), imbalance)
+    parts = {"test": [r[:test_per_class] for r in shuffled], "val": [r[test_per_class:held] for r in shuffled],
+             "train": [r[held:held + k] for r, k in zip(shuffled, keep)]}
+    rows = np.concatenate([np.concatenate(parts[p]) for p in ("train", "val", "test")])
+    part_of = np.repeat(np.array(["train", "val", "test"], dtype=object),
+                        [sum(len(r) for r in parts[p]) for p in ("train", "val", "test")])
+    order = np.argsort(rows, kind="stable")  # rows in sklearn's order, each with its part
+    rows, part_of = rows[order], part_of[order]
     # 0..16 grey levels -> uint8, replicated to three channels so every backbone takes it.
     grey = np.round(digits.images[rows] * (255.0 / 16.0)).astype(np.uint8)
     pixels = np.repeat(grey[..., None], 3, axis=3)
@@ -113,7 +136,9 @@ def load_digits_lt(imbalance: float = 10.0, seed: int = 0) -> ImageSet:
         labels=digits.target[rows],
         class_names=[str(c) for c in range(10)],
         pixels=np.ascontiguousarray(pixels),
-        description=f"sklearn digits, long-tailed with imbalance factor {imbalance:g}",
+        official_split=part_of,
+        description=(f"sklearn digits: balanced val/test ({val_per_class}/{test_per_class} per class), "
+                     f"long-tailed train with imbalance factor {imbalance:g}"),
     )
 
 

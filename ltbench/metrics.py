@@ -26,17 +26,25 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from ltbench.errors import LtbenchError
+
 HEADLINE = ("acc", "sen", "pre", "f1", "auc")
 HEADLINE_LABELS = {"acc": "Acc", "sen": "Sen", "pre": "Pre", "f1": "F1", "auc": "AUC"}
+# Metrics the best-validation checkpoint may be selected by. ``group_acc``: the mean of the
+# head/medium/tail mean recalls, MONICA's headline "accuracy" (Ju et al.'s MONICA suite,
+# utils/log_accuracy.py ``avg_acc``); with ``group_sizes`` (2, 3) on 8 classes its grouping.
+SELECTABLE = (*HEADLINE, "group_acc")
 GROUPS = ("head", "medium", "tail")
 
 
 def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
-                    train_counts: Sequence[int] | None = None) -> dict:
+                    train_counts: Sequence[int] | None = None, group_sizes: Sequence[int] = ()) -> dict:
     """Headline, per-class and confusion-matrix metrics (percent) of predictions ``argmax(probs)``.
 
     ``labels`` are int class indices [N], ``probs`` softmax probabilities [N, C]. With
-    ``train_counts`` the classes are also split into head/medium/tail terciles by training count.
+    ``train_counts`` the classes are also split into head/medium/tail groups by training count
+    (:func:`group_classes`; terciles unless ``group_sizes``), with each group's mean recall and
+    ``group_acc``, the mean of those (groups without a class left out).
     """
     labels, probs = _check_inputs(labels, probs, class_names, train_counts)
     num_classes = probs.shape[1]
@@ -64,12 +72,14 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names: Sequence
         "confusion_matrix_normalized": row_normalize(cm).tolist(),
     }
     if train_counts is not None:
-        groups = group_classes(train_counts)
+        groups = group_classes(train_counts, group_sizes)
         out["groups"] = {g: [str(class_names[i]) for i in ids] for g, ids in groups.items()}
         out["group_recall"] = {
             g: _pct(float(np.mean(recall[ids]))) if ids else float("nan")
             for g, ids in groups.items()
         }
+        means = [float(np.mean(recall[ids])) for ids in groups.values() if ids]
+        out["group_acc"] = _pct(float(np.mean(means)))
     return out
 
 
@@ -99,13 +109,21 @@ def row_normalize(cm: np.ndarray) -> np.ndarray:
     return np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
 
 
-def group_classes(train_counts: Sequence[int]) -> dict[str, list[int]]:
-    """Class indices of the head/medium/tail terciles, by training count descending.
+def group_classes(train_counts: Sequence[int], sizes: Sequence[int] = ()) -> dict[str, list[int]]:
+    """Class indices of the head/medium/tail groups, by training count descending.
 
-    Ties are broken by class index so the grouping is deterministic; ``np.array_split`` puts the
-    extra classes in the first groups (7 classes -> 3/2/2).
+    Ties are broken by class index so the grouping is deterministic. Default: terciles, with
+    ``np.array_split`` putting the extra classes in the first groups (7 classes -> 3/2/2).
+    ``sizes = (h, m)``: the h most frequent classes are head, the next m medium, the rest tail
+    (MONICA's ``head: 2, medium: 5`` on ISIC-2019-LT is ``(2, 3)``: classes 0–1 / 2–4 / 5–7).
     """
     order = sorted(range(len(train_counts)), key=lambda i: (-int(train_counts[i]), i))
+    if sizes:
+        head, medium = (int(n) for n in sizes)
+        if head + medium >= len(order):
+            raise LtbenchError(f"group_sizes {list(sizes)}: {head} head + {medium} medium classes leave no tail "
+                               f"class of {len(order)}")
+        return {"head": order[:head], "medium": order[head:head + medium], "tail": order[head + medium:]}
     parts = np.array_split(np.array(order, dtype=int), len(GROUPS))
     return {g: [int(i) for i in part] for g, part in zip(GROUPS, parts)}
 

@@ -16,6 +16,32 @@ def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
+LR_SCHEDULES = ("cosine", "step", "constant")
+
+
+def stage_lr(base_lr: float, epoch: int, epochs: int, schedule: str = "cosine", milestones: tuple[int, ...] = (),
+             gamma: float = 0.1, warmup_epochs: int = 0, warmup_start_factor: float = 0.01) -> float:
+    """The learning rate of 0-indexed epoch ``epoch`` of a stage of ``epochs`` epochs.
+
+    * warm-up (``warmup_epochs`` = W > 0): ``base · (f + (1 − f) · e / W)`` for e < W, as torch's
+      ``LinearLR(start_factor=f, total_iters=W)`` stepped per epoch (FlexSampling's
+      ``examples/train.py``: f = 0.01, W = 5); the schedule then runs over the remaining epochs;
+    * ``cosine``: :func:`cosine_lr` over the epochs after the warm-up (no warm-up: exactly it);
+    * ``step``: ``base · gamma^k``, k = the milestones ≤ e (``MultiStepLR``; milestones are epochs
+      of the stage, counted from its start, warm-up included);
+    * ``constant``: ``base``.
+    """
+    if warmup_epochs > 0 and epoch < warmup_epochs:
+        return base_lr * (warmup_start_factor + (1.0 - warmup_start_factor) * epoch / warmup_epochs)
+    if schedule == "cosine":
+        return cosine_lr(base_lr, epoch - warmup_epochs, epochs - warmup_epochs)
+    if schedule == "step":
+        return base_lr * gamma ** sum(1 for m in milestones if m <= epoch)
+    if schedule == "constant":
+        return base_lr
+    raise ValueError(f"unknown lr schedule {schedule!r} (choose from {', '.join(LR_SCHEDULES)})")
+
+
 def scale_epoch(epoch: int, epochs: int, reference_epochs: int | None) -> int:
     """An epoch given for a ``reference_epochs`` budget, moved to a run of ``epochs`` epochs.
 

@@ -51,6 +51,7 @@ class Stage:
     trains: tuple[str, ...] | None = None  # dotted submodule paths of the model; None: the whole model
     lr: float | None = None  # base lr of the stage's own cosine; None: the config's lr
     weight_decay: float | None = None  # None: the config's weight decay
+    optimizer: str | None = None  # "sgd" | "adam"; None: the config's optimizer
     selectable: bool = True  # may one of its epochs be the best-validation checkpoint?
     name: str = ""  # for logs and the history (``stage`` field of multi-stage runs)
 
@@ -61,6 +62,8 @@ class Stage:
             raise LtbenchError(f"stage {self.name or '?'}: epochs must be a non-negative integer, got {self.epochs!r}")
         if self.fraction is not None and not 0.0 <= self.fraction <= 1.0:
             raise LtbenchError(f"stage {self.name or '?'}: fraction must be in [0, 1], got {self.fraction!r}")
+        if self.optimizer not in (None, "sgd", "adam"):
+            raise LtbenchError(f"stage {self.name or '?'}: optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.trains is not None and (isinstance(self.trains, str) or not self.trains):
             raise LtbenchError(f"stage {self.name or '?'}: trains must be a non-empty tuple of module paths "
                                f"(or None for the whole model), got {self.trains!r}")

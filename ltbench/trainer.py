@@ -28,10 +28,10 @@ from ltbench.checkpoint import CheckpointStore, hook, plain, rng_state, set_rng_
 from ltbench.data.augment import get_augmentation
 from ltbench.data.loader import TrainStream, eval_batches, steps_per_epoch
 from ltbench.errors import LtbenchError
-from ltbench.method import Method, TrainInfo
+from ltbench.method import Method, RunAccess, TrainInfo
 from ltbench.metrics import HEADLINE, compute_metrics
 from ltbench.models import build_backbone
-from ltbench.schedules import cosine_lr
+from ltbench.schedules import stage_lr
 from ltbench.stages import Stage, stage_bounds, stream_specs
 
 
@@ -46,9 +46,17 @@ class TrainConfig:
     batch_size: int = 64
     eval_batch_size: int = 256
     lr: float = 0.002
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD
     weight_decay: float = 1e-4
-    select_metric: str = "acc"
+    optimizer: str = "sgd"  # sgd | adam (torch.optim.Adam: L2 weight decay, as MONICA and FlexSampling)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam
+    lr_schedule: str = "cosine"  # cosine | step | constant, per stage (ltbench.schedules.stage_lr)
+    lr_milestones: tuple[int, ...] = ()  # step: epochs of the stage where the lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warm-up from warmup_start_factor · lr, then the schedule
+    warmup_start_factor: float = 0.01
+    select_metric: str = "acc"  # ltbench.metrics.SELECTABLE
+    group_sizes: tuple[int, ...] = ()  # (head, medium) classes by training frequency; () = terciles
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (no loss scaling needed, unlike fp16)
     channels_last: bool = True  # CUDA only
@@ -112,6 +120,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _same_rows(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
 def _state_copy(module: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else copy.deepcopy(v)
             for k, v in module.state_dict().items()}
@@ -141,7 +153,7 @@ class Trainer:
         info = TrainInfo(
             class_counts=tuple(data.counts(data.train)), class_names=tuple(data.class_names),
             epochs=cfg.epochs, steps_per_epoch=steps_per_epoch(len(data.train), cfg.batch_size), device=device,
-            lr=cfg.lr,
+            lr=cfg.lr, seed=cfg.seed,
         )
         if min(info.class_counts) == 0:
             raise LtbenchError("the training split has an empty class")
@@ -158,6 +170,9 @@ class Trainer:
                                "best-validation checkpoint")
         requires_grad = [p.requires_grad for p in model.parameters()]  # restored after the run
         augmentations: dict[str, torch.nn.Module] = {}  # one module per preset, shared by streams
+        access = RunAccess(self, method, model, data, info)
+        method.on_train_start(access)  # before a resume's state is loaded: a first attempt's draws
+        access.take_reset()  # no optimiser exists yet: a reset asked for here has nothing to clear
 
         history: list[dict] = []
         best = (-math.inf, -1, None, None, None)  # score, epoch, model state, method state, val output
@@ -184,9 +199,9 @@ class Trainer:
             trained = self._trained_modules(model, stage, k)
             params = self._trainable_parameters(model, trained, requires_grad)
             base_lr = cfg.lr if stage.lr is None else stage.lr
-            optimizer = torch.optim.SGD(params, lr=base_lr, momentum=cfg.momentum,
-                                        weight_decay=cfg.weight_decay if stage.weight_decay is None else stage.weight_decay)
-            streams = self._streams(method, stage, k, data, train_labels, augmentations)
+            optimizer = self._optimizer(params, stage, base_lr)
+            active = self._active_positions(method, len(data.train))
+            streams = self._streams(method, stage, k, data, train_labels, augmentations, active)
             if resume is not None and inside:  # the stage's fresh optimiser and streams take their saved state
                 optimizer.load_state_dict(resume["optimizer"])
                 for stream, state in zip(streams, resume["streams"]):
@@ -195,7 +210,15 @@ class Trainer:
                 resume = None
             for epoch in range(max(start, first_epoch), end):
                 self.epoch = epoch
-                lr = cosine_lr(base_lr, epoch - start, end - start)
+                now_active = self._active_positions(method, len(data.train))
+                if not _same_rows(now_active, active):  # the method changed its training subset
+                    active = now_active
+                    for stream in streams:
+                        stream.close()
+                    streams = self._streams(method, stage, k, data, train_labels, augmentations, active,
+                                            generators=[s.generator for s in streams])
+                lr = stage_lr(base_lr, epoch - start, end - start, cfg.lr_schedule, cfg.lr_milestones, cfg.lr_gamma,
+                              cfg.warmup_epochs, cfg.warmup_start_factor)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 model.train()
@@ -208,6 +231,7 @@ class Trainer:
                 loss_sum = torch.zeros((), device=device)
                 log_sums: dict[str, torch.Tensor] = {}
                 epoch_start = time.perf_counter()
+                steps = min(len(stream) for stream in streams)  # zip stops at the shortest stream
                 for batches in zip(*streams):
                     with self.autocast():
                         out = method.training_step(step_model, *batches)
@@ -225,16 +249,20 @@ class Trainer:
                         log_sums[key] = log_sums.get(key, 0.0) + value.detach().float()
                     bar.update()
                     hook("step")
-                train_loss = loss_sum.item() / info.steps_per_epoch
+                train_loss = loss_sum.item() / steps
                 if not math.isfinite(train_loss):
                     bar.close()
                     raise LtbenchError(f"method {method.name!r}: the training loss became {train_loss} in epoch {epoch}")
                 train_time = time.perf_counter() - epoch_start
-                val = self.evaluate(method, model, data, data.val)
+                val = self.evaluate(method, model, data, data.val, train_counts=self._val_counts(info))
                 method.on_epoch_end(epoch, val["metrics"])
+                if access.take_reset():  # asked for by the hook: momentum / Adam moments cleared
+                    optimizer.state.clear()
                 record = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_time_s": round(train_time, 4),
-                          **{k: (v / info.steps_per_epoch).item() for k, v in log_sums.items()},
+                          **{k: (v / steps).item() for k, v in log_sums.items()},
                           "val": {k: val["metrics"][k] for k in HEADLINE}}
+                if steps != info.steps_per_epoch:  # a training subset: histories of full epochs keep their shape
+                    record["steps"] = steps
                 if len(stages) > 1:  # single-stage histories keep their exact former shape
                     record["stage"] = stage.name or k
                 history.append(record)
@@ -257,6 +285,7 @@ class Trainer:
         _, best_epoch, model_state, method_state, best_val = best
         model.load_state_dict(model_state)
         method.load_state_dict(method_state)
+        self.model = model  # the tested model, for passes after the test (retrieval)
         test = self.evaluate(method, model, data, data.test, train_counts=info.class_counts)
         arrays = {"val_labels": best_val["labels"], "val_probs": best_val["probs"],
                   "test_labels": test["labels"], "test_probs": test["probs"]}
@@ -264,6 +293,33 @@ class Trainer:
                          arrays=arrays, wall_time_s=elapsed + time.perf_counter() - run_start)
 
     # ----------------------------------------------------------------------------------------
+    def _optimizer(self, params: list[torch.nn.Parameter], stage: Stage, lr: float) -> torch.optim.Optimizer:
+        """The stage's fresh optimiser: the config's (or the stage's own) SGD or Adam."""
+        cfg = self.config
+        weight_decay = cfg.weight_decay if stage.weight_decay is None else stage.weight_decay
+        kind = stage.optimizer or cfg.optimizer
+        if kind == "adam":
+            return torch.optim.Adam(params, lr=lr, betas=tuple(cfg.betas), weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=weight_decay)
+
+    def _val_counts(self, info: TrainInfo) -> tuple[int, ...] | None:
+        """Training counts for validation metrics when selection needs the groups (``group_acc``)."""
+        return info.class_counts if self.config.select_metric == "group_acc" else None
+
+    @staticmethod
+    def _active_positions(method: Method, num_train: int) -> np.ndarray | None:
+        """Positions in the training split the method's next epoch draws from (None: all of them)."""
+        mask = method.training_rows()
+        if mask is None:
+            return None
+        mask = torch.as_tensor(mask).detach().cpu()
+        if mask.dtype != torch.bool or mask.shape != (num_train,):
+            raise LtbenchError(f"method {method.name!r}: training_rows() must be a bool mask of the {num_train} "
+                               f"training rows, got {tuple(mask.shape)} {mask.dtype}")
+        if not bool(mask.any()):
+            raise LtbenchError(f"method {method.name!r}: training_rows() selects no training row")
+        return np.flatnonzero(mask.numpy())
+
     @staticmethod
     def _trained_modules(model: torch.nn.Module, stage: Stage, k: int) -> list[torch.nn.Module] | None:
         """The modules a stage trains (None: the whole model, as a single-stage run)."""
@@ -300,10 +356,13 @@ class Trainer:
         return params
 
     def _streams(self, method: Method, stage: Stage, k: int, data: DataBundle, train_labels: np.ndarray,
-                 augmentations: dict) -> list[TrainStream]:
+                 augmentations: dict, active: np.ndarray | None = None,
+                 generators: list[torch.Generator] | None = None) -> list[TrainStream]:
         """One stream per sampler entry of the stage, each with only its own views.
 
-        Generators: stream j of stage k is seeded ``seed*1000 + 100*k + j`` (stage 0: ``seed*1000 + j``).
+        Generators: stream j of stage k is seeded ``seed*1000 + 100*k + j`` (stage 0: ``seed*1000 + j``);
+        a stream rebuilt for a new training subset (``active``: positions in the training split)
+        keeps drawing from its generator (``generators``).
         """
         cfg = self.config
         samplers = method.samplers if stage.samplers is None else stage.samplers
@@ -313,13 +372,31 @@ class Trainer:
             for view in stream_views:
                 if view not in augmentations:
                     augmentations[view] = get_augmentation(view, cfg.image_size)
-            generator = torch.Generator().manual_seed(cfg.seed * 1000 + 100 * k + j)
-            streams.append(TrainStream(data.pixels, data.train, train_labels, sampler, cfg.batch_size,
+            generator = (torch.Generator().manual_seed(cfg.seed * 1000 + 100 * k + j) if generators is None
+                         else generators[j])
+            rows, labels = (data.train, train_labels) if active is None else (data.train[active], train_labels[active])
+            streams.append(TrainStream(data.pixels, rows, labels, sampler, cfg.batch_size,
                                        [augmentations[v] for v in stream_views], self.device, generator,
-                                       self.channels_last, sizes=data.original_sizes))
+                                       self.channels_last, sizes=data.original_sizes, positions=active))
         return streams
 
     # ----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def infer(self, method: Method, model: torch.nn.Module, data: DataBundle, rows: np.ndarray, fn,
+              batch_size: int | None = None) -> torch.Tensor:
+        """``fn(model, x)`` over ``rows`` with the evaluation transform, in eval mode (RunAccess.infer)."""
+        model.eval()
+        method.eval()
+        resize = get_augmentation("eval", self.config.image_size)
+        outputs = []
+        for images in eval_batches(data.pixels, rows, batch_size or self.config.eval_batch_size, self.device):
+            x = resize(images)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                outputs.append(fn(model, x).float().cpu())
+        return torch.cat(outputs)
+
     @torch.inference_mode()
     def evaluate(self, method: Method, model: torch.nn.Module, data: DataBundle, rows: np.ndarray,
                  train_counts: Sequence[int] | None = None) -> dict:
@@ -337,5 +414,5 @@ class Trainer:
             probs.append(torch.softmax(logits.float(), dim=1).cpu())
         probs = torch.cat(probs).numpy()
         labels = data.labels[rows]
-        metrics = compute_metrics(labels, probs, data.class_names, train_counts)
+        metrics = compute_metrics(labels, probs, data.class_names, train_counts, self.config.group_sizes)
         return {"metrics": metrics, "labels": labels, "probs": probs.astype(np.float32)}

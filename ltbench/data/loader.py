@@ -145,10 +145,15 @@ class TrainStream:
     def __init__(self, pixels: np.ndarray, rows: np.ndarray, labels: np.ndarray, sampler: str,
                  batch_size: int, augmentations: Sequence, device: torch.device, generator: torch.Generator,
                  channels_last: bool = False, sizes: np.ndarray | None = None, workers: int | None = None,
-                 prefetch: bool | None = None) -> None:
+                 prefetch: bool | None = None, positions: np.ndarray | None = None) -> None:
         # sizes: original (height, width) per row of ``pixels`` (int [N, 2]); each augmentation
         # gets its batch's rows as ``sizes=`` (random resized crops are drawn on that geometry).
         self.pixels, self.rows, self.labels = pixels, np.asarray(rows), np.asarray(labels)
+        # positions: each stream row's position in the training split (a stream over a training
+        # subset); Batch.indices are always training-split positions. None: rows = the whole split.
+        self.positions = None if positions is None else np.asarray(positions, dtype=np.int64)
+        if self.positions is not None and len(self.positions) != len(self.rows):
+            raise ValueError("TrainStream: positions and rows differ in length")
         self.sizes = None if sizes is None else np.asarray(sizes, dtype=np.int64)
         self.sampler, self.batch_size = sampler, batch_size
         self.augmentations, self.device, self.generator = list(augmentations), device, generator
@@ -210,6 +215,11 @@ class TrainStream:
             if self._inflight is not None and self._inflight[0] == epoch:
                 self._settle()
 
+    def close(self) -> None:
+        """Done with this stream (a rebuilt stream replaces it): settle its generator, stop its reader."""
+        self._settle()
+        self._reader.shutdown(wait=True)
+
     def _settle(self) -> None:
         """Wait for a batch made ahead but never handed out and restore the generator to before it."""
         if self._inflight is not None:
@@ -226,8 +236,9 @@ class TrainStream:
         views = self._augment(images, sizes)
         if self.channels_last:
             views = [view.contiguous(memory_format=torch.channels_last) for view in views]
+        indices = positions if self.positions is None else self.positions[positions]
         return Batch(views=views, labels=torch.from_numpy(labels).to(self.device, non_blocking=True),
-                     indices=torch.from_numpy(positions))
+                     indices=torch.from_numpy(indices))
 
     def _augment(self, images: Tensor, sizes: Tensor | None) -> list[Tensor]:
         """Every view of one batch; the generator's draws in the order of the sequential loop."""

@@ -1,0 +1,149 @@
+"""Protocol options of issue 15/16: optimiser, lr warm-up and schedules, MONICA's group metric.
+
+Schedules are checked against torch's own schedulers stepped once per epoch; the group metric
+against a hand-worked confusion matrix; run keys stay put at the defaults (tests/test_config.py
+pins every shipped row's key) and move when an option is set.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ltbench import create_method
+from ltbench.errors import LtbenchError
+from ltbench.metrics import compute_metrics, group_classes
+from ltbench.runs import DataSpec, run_key
+from ltbench.schedules import cosine_lr, stage_lr
+from ltbench.stages import Stage
+from ltbench.trainer import TrainConfig, Trainer
+from tests.helpers import cpu_config, synthetic_data
+
+
+def torch_lrs(make_scheduler, epochs: int, base: float = 0.1) -> list[float]:
+    """The lr of each epoch of a torch scheduler stepped once per epoch."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    scheduler = make_scheduler(optimizer)
+    out = []
+    for _ in range(epochs):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_warm_up_then_cosine_is_torchs_linear_then_cosine_annealing():
+    """FlexSampling's examples/train.py: LinearLR(start_factor=0.01, total_iters=5) then cosine."""
+    epochs, warmup = 20, 5
+    want = torch_lrs(lambda opt: torch.optim.lr_scheduler.SequentialLR(opt, [
+        torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, total_iters=warmup),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs - warmup)], milestones=[warmup]), epochs)
+    got = [stage_lr(0.1, e, epochs, "cosine", warmup_epochs=warmup, warmup_start_factor=0.01) for e in range(epochs)]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+def test_step_schedule_is_multistep_lr():
+    """The retrieval paper's protocol: × 0.1 at epochs 40, 60, 80, 100 of 120."""
+    milestones = (40, 60, 80, 100)
+    want = torch_lrs(lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1), 120)
+    got = [stage_lr(0.1, e, 120, "step", milestones, 0.1) for e in range(120)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_no_warm_up_cosine_is_exactly_the_former_schedule():
+    assert all(stage_lr(0.05, e, 30) == cosine_lr(0.05, e, 30) for e in range(30))  # exact: golden runs rely on it
+    assert stage_lr(0.05, 7, 30, "constant") == 0.05
+
+
+def test_an_adam_run_trains_with_adam_and_the_lr_schedule_reaches_it():
+    data = synthetic_data()
+    seen = []
+
+    def pre_step(optimizer, args, kwargs):
+        seen.append((type(optimizer).__name__, optimizer.param_groups[0]["lr"], optimizer.param_groups[0].get("betas")))
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(pre_step)
+    try:
+        run = Trainer(cpu_config(epochs=3, optimizer="adam", lr=3e-4, betas=(0.8, 0.99), lr_schedule="constant"),
+                      progress=False).fit(create_method("ce"), data.bundle)
+    finally:
+        handle.remove()
+    assert {name for name, _, _ in seen} == {"Adam"}
+    assert {lr for _, lr, _ in seen} == {3e-4}
+    assert {betas for _, _, betas in seen} == {(0.8, 0.99)}
+    assert [h["lr"] for h in run.history] == [3e-4] * 3
+
+
+def test_a_stage_may_name_its_own_optimizer():
+    trainer = Trainer(cpu_config(), progress=False)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert isinstance(trainer._optimizer(params, Stage(optimizer="adam"), 1e-3), torch.optim.Adam)
+    assert isinstance(trainer._optimizer(params, Stage(), 1e-3), torch.optim.SGD)
+    with pytest.raises(LtbenchError, match="optimizer must be 'sgd' or 'adam'"):
+        Stage(optimizer="lamb")
+
+
+def test_new_options_at_their_defaults_leave_the_run_key_and_set_ones_move_it():
+    spec = DataSpec("digits-lt")
+    base = run_key("ce", {}, 0, cpu_config(), spec, "h")
+    assert base == run_key("ce", {}, 0, cpu_config(optimizer="sgd", warmup_epochs=0, lr_schedule="cosine",
+                                                   group_sizes=()), spec, "h")
+    for change in ({"optimizer": "adam"}, {"warmup_epochs": 5}, {"lr_schedule": "step", "lr_milestones": (3,)},
+                   {"group_sizes": (2, 3)}, {"betas": (0.8, 0.9)}):
+        assert run_key("ce", {}, 0, cpu_config(**change), spec, "h") != base, change
+
+
+@pytest.mark.parametrize("change,problem", [
+    ({"optimizer": "rmsprop"}, "choose one of sgd, adam"),
+    ({"lr_schedule": "poly"}, "choose one of cosine, step, constant"),
+    ({"lr_milestones": (5, 3)}, "increasing"),
+    ({"warmup_epochs": -1}, "must be 0 or more"),
+    ({"warmup_start_factor": 0.0}, "must be in"),
+    ({"betas": (0.9, 1.0)}, "each beta must be in"),
+    ({"group_sizes": (2,)}, "head, medium"),
+    ({"select_metric": "bacc"}, "group_acc"),
+])
+def test_bad_protocol_options_are_one_line(change, problem):
+    with pytest.raises(LtbenchError, match=problem):
+        TrainConfig(**change)
+
+
+# ------------------------------------------------------------------------------ MONICA's metric
+
+
+def test_monica_group_mean_accuracy_on_a_hand_built_confusion_matrix():
+    """8 classes ranked by training count, head = 2, medium = 3, tail = 3 (MONICA's head: 2, medium: 5)."""
+    train_counts = [5000, 2590, 1342, 695, 360, 187, 97, 51]  # FlexSampling's ratio-100 training split
+    recall = np.array([0.9, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    labels, preds = [], []
+    for c, r in enumerate(recall):  # 10 test images per class, round(10 r) of them right, the rest -> class 0/1
+        right = int(round(10 * r))
+        labels += [c] * 10
+        preds += [c] * right + [(c + 1) % 8] * (10 - right)
+    probs = np.eye(8)[preds]
+    m = compute_metrics(np.array(labels), probs, [str(c) for c in range(8)], train_counts, group_sizes=(2, 3))
+    head, medium, tail = (0.9 + 0.7) / 2, (0.6 + 0.5 + 0.4) / 3, (0.3 + 0.2 + 0.1) / 3
+    assert m["group_acc"] == pytest.approx(100 * (head + medium + tail) / 3)
+    assert m["group_recall"] == pytest.approx({"head": 100 * head, "medium": 100 * medium, "tail": 100 * tail})
+    assert m["groups"] == {"head": ["0", "1"], "medium": ["2", "3", "4"], "tail": ["5", "6", "7"]}
+    # Not overall accuracy, not balanced accuracy (the class weights are 1/6, 1/6, 1/9 x 3, 1/9 x 3)
+    assert not math.isclose(m["group_acc"], m["sen"]) and not math.isclose(m["group_acc"], m["acc"])
+
+
+def test_group_sizes_order_by_training_count_not_class_index():
+    assert group_classes([10, 50, 30, 20, 40], (1, 2)) == {"head": [1], "medium": [4, 2], "tail": [3, 0]}
+    assert group_classes([10, 50, 30, 20, 40]) == {"head": [1, 4], "medium": [2, 3], "tail": [0]}  # terciles
+    with pytest.raises(LtbenchError, match="leave no tail"):
+        group_classes([3, 2, 1], (2, 1))
+
+
+def test_selecting_by_group_acc_uses_the_validation_group_metric():
+    data = synthetic_data()
+    run = Trainer(cpu_config(epochs=3, select_metric="group_acc", group_sizes=(1, 1)),
+                  progress=False).fit(create_method("ce"), data.bundle)
+    assert "group_acc" in run.val and "group_acc" in run.test
+    assert run.test["groups"]["head"] == [data.bundle.class_names[int(np.argmax(data.bundle.counts(data.bundle.train)))]]

@@ -27,6 +27,7 @@ import inspect
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -44,6 +45,7 @@ class TrainInfo:
     steps_per_epoch: int
     device: torch.device
     lr: float = 0.002  # the shared optimiser's base learning rate (for methods with their own optimiser)
+    seed: int = 0  # the run's seed, for a method's own generators (e.g. mixup's λ), apart from the streams'
 
     @property
     def num_classes(self) -> int:
@@ -116,6 +118,26 @@ class Method(nn.Module):
         """
         return [Stage(samplers=tuple(self.samplers), views=tuple(self.views))]
 
+    def on_train_start(self, run: "RunAccess") -> None:
+        """Called once before the first epoch, after ``stages``, with the model still as built.
+
+        ``run`` (:class:`RunAccess`) runs eval-mode passes over training rows and resets the
+        shared optimiser; a method that selects training rows (:meth:`training_rows`) keeps it.
+        On a resumed run it is called again before the saved state replaces the method's.
+        """
+
+    def training_rows(self) -> Tensor | None:
+        """The training subset the next epoch draws from: a bool mask over the training split's
+        rows (``Batch.indices`` order), or None for all of them (the default).
+
+        Read before every epoch: when it changes, the stage's streams are rebuilt over the subset
+        (their generators continue) and the epoch has ``steps_per_epoch(len(subset))`` steps. Keep
+        the mask in a buffer so the best-checkpoint restore and a resume carry it. Set it in
+        :meth:`on_train_start` (before the first epoch) and in :meth:`on_epoch_end` (after a
+        validation).
+        """
+        return None
+
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -130,8 +152,53 @@ class Method(nn.Module):
         """Logits whose argmax is the prediction and whose softmax gives the probabilities."""
         return model(images)
 
+    def representations(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+        """Named N×d representations of ``images`` for retrieval (docs/retrieval.md).
+
+        Called only by the retrieval pass after the test pass (``ltbench.retrieval_pass``), under
+        ``inference_mode`` with model and method in eval mode; never changes ``predict``. Names:
+        ``feature`` (the pooled penultimate feature, every method), ``embedding`` (a projection
+        head's output), ``hash`` (continuous codes) and ``hash_binary`` (codes in {−1, 0, +1},
+        ranked by Hamming distance; every other name by cosine). Default: ``{"feature":
+        model.backbone(images)}`` when the model has a ``backbone``, else ``{}`` (no retrieval).
+        """
+        backbone = getattr(model, "backbone", None)
+        return {} if backbone is None else {"feature": backbone(images)}
+
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+
+
+class RunAccess:
+    """What a method may do to the run it is in (given to :meth:`Method.on_train_start`).
+
+    * :meth:`infer`: an eval-mode pass over training rows with the evaluation transform;
+    * :meth:`reset_optimizer`: clear the shared optimiser's state (SGD momentum, Adam moments)
+      after the current hook; the learning rate keeps following the run's schedule.
+    """
+
+    def __init__(self, trainer, method: Method, model: nn.Module, data, info: TrainInfo) -> None:
+        self._trainer, self._method, self.model, self._data, self.info = trainer, method, model, data, info
+        self.train_labels = torch.as_tensor(data.labels[data.train])  # labels in training-split order
+        self._reset = False
+
+    def infer(self, fn, positions=None, batch_size: int | None = None) -> Tensor:
+        """``fn(model, images)`` over training rows, concatenated on the CPU.
+
+        ``positions``: positions in the training split (default: all, in order). Model and method
+        are in eval mode under ``inference_mode``; ``fn`` may switch modules to train mode itself
+        (Monte-Carlo dropout) — the next epoch puts every module back.
+        """
+        rows = self._data.train if positions is None else self._data.train[np.asarray(positions, dtype=np.int64)]
+        return self._trainer.infer(self._method, self.model, self._data, rows, fn, batch_size)
+
+    def reset_optimizer(self) -> None:
+        self._reset = True
+
+    def take_reset(self) -> bool:
+        """Whether a reset was asked for since the last call (the trainer's side)."""
+        asked, self._reset = self._reset, False
+        return asked
 
 
 class LossMethod(Method):

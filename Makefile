@@ -4,6 +4,7 @@ VENV    ?= .venv
 BIN      = $(VENV)/bin
 DATASET ?= digits-lt
 OUT     ?= reports/$(DATASET)
+EXTRAS  ?= dev# what `make install` adds: dev,slurm also installs submitit (--launcher slurm; the CI does)
 
 # Optional overrides forwarded to `ltbench bench` only when set.
 BENCH_ARGS = $(if $(DATA_ROOT),--data-root '$(DATA_ROOT)') \
@@ -16,7 +17,8 @@ BENCH_ARGS = $(if $(DATA_ROOT),--data-root '$(DATA_ROOT)') \
              $(if $(BATCH_SIZE),--batch-size '$(BATCH_SIZE)') \
              $(if $(LR),--lr '$(LR)') \
              $(if $(SELECT_METRIC),--select-metric '$(SELECT_METRIC)') \
-             $(if $(DEVICE),--device $(DEVICE))
+             $(if $(DEVICE),--device $(DEVICE)) \
+             $(if $(JOBS),--jobs '$(JOBS)')
 
 .PHONY: install bench test clean
 
@@ -25,7 +27,7 @@ install: $(BIN)/.installed
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $@
 
 bench: install

@@ -100,6 +100,74 @@ def epoch_loader(loader) -> int:
     return seen
 
 
+BEFORE = "ltbench, --before's code"
+
+
+def load_before(root: Path):
+    """(augment, loader) modules of a pristine export ``root``, importable beside this checkout's.
+
+    Its loader is executed with ITS augment module in place of ``ltbench.data.augment``, so its
+    TrainStream splits its own presets across the workers exactly as that code did.
+    """
+    import importlib.util
+
+    def load(name: str, rel: str):
+        spec = importlib.util.spec_from_file_location(name, root / rel)
+        if spec is None or not (root / rel).is_file():
+            raise SystemExit(f"--before {root}: no {rel}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    augment = load("ltbench_before_augment", "ltbench/data/augment.py")
+    current = sys.modules["ltbench.data.augment"]
+    sys.modules["ltbench.data.augment"] = augment
+    try:
+        loader = load("ltbench_before_loader", "ltbench/data/loader.py")
+    finally:
+        sys.modules["ltbench.data.augment"] = current
+    return augment, loader
+
+
+def profile_presets(pixels, sizes, args, before, reps: int = 15) -> int:
+    """Each preset alone on a fixed batch of 64 cached images, interleaved with --before's; 1 thread."""
+    from ltbench.data import augment as current
+
+    n = min(64, len(pixels))
+    images = torch.from_numpy(np.array(pixels[:n])).permute(0, 3, 1, 2)  # NHWC, as the loader gives them
+    batch_sizes = torch.from_numpy(np.asarray(sizes[:n], dtype=np.int64))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as on the loader's single-threaded workers
+    codes = {"this checkout": current, **({"before": before[0]} if before else {})}
+    names = ("eval", "standard", "contrastive")
+    times = {(c, p): [] for c in codes for p in names}
+    for r in range(reps + 1):
+        for p in names:
+            outs = []
+            for c in (list(codes) if r % 2 else list(codes)[::-1]):
+                aug = codes[c].PRESETS[p](args.size)
+                t0 = time.perf_counter()
+                outs.append(aug(images, torch.Generator().manual_seed(r), sizes=batch_sizes))
+                if r:
+                    times[(c, p)].append(time.perf_counter() - t0)
+            if len(outs) == 2 and not torch.equal(outs[0], outs[1]):
+                print(f"WARNING: {p} differs from --before's output")
+    torch.set_num_threads(threads)
+    print(f"\neach preset alone, {n} cached images {pixels.shape[1]} px -> {args.size}, 1 thread, "
+          f"median (min) of {reps} interleaved repetitions")
+    for p in names:
+        row = [f"{p:12s}"]
+        for c in codes:
+            v = times[(c, p)]
+            row.append(f"{c}: {1e3 * statistics.median(v):6.1f} ms ({1e3 * min(v):6.1f}) = "
+                       f"{n / statistics.median(v):5.0f} img/s")
+        if before:
+            row.append(f"speed-up {statistics.median(times[('before', p)]) / statistics.median(times[('this checkout', p)]):.2f}x")
+        print(" | ".join(row))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of real .jpg images")
@@ -118,12 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--malloc-tuned", action="store_true",
                    help="rerun this script with glibc's mmap/trim thresholds raised (see README)")
     p.add_argument("--no-pil-cache", action="store_true", help="skip the per-item pipeline on 256 px JPEGs")
+    p.add_argument("--before", type=Path, default=None,
+                   help="a pristine export of earlier code (git archive): also time ITS augment.py + loader.py, "
+                        "interleaved in the same rounds (and check that its batches equal this checkout's)")
+    p.add_argument("--profile-presets", action="store_true",
+                   help="only time each preset alone on a fixed batch of 64 cached images (and --before's)")
     args = p.parse_args(argv)
     w, h = (int(v) for v in args.source_size.lower().split("x"))
     if args.malloc_tuned and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     torch.set_num_threads(args.threads or max(1, args.workers))
+    before = load_before(args.before) if args.before else None
 
     with tempfile.TemporaryDirectory(prefix="ltbench-throughput-") as tmp:
         tmp = Path(tmp)
@@ -145,18 +219,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ltbench one-off cache build ({args.cache_size} px, {args.workers} threads): {build_s:.2f} s "
               f"= {len(paths) / build_s:.0f} img/s")
 
+        if args.profile_presets:
+            return profile_presets(pixels, cached.sizes, args, before)
         pipelines = {}
 
-        def stream_for(workers):
-            return TrainStream(pixels, np.arange(len(paths)), labels, "instance", args.batch_size,
-                               [get_augmentation("standard", args.size), get_augmentation("contrastive", args.size)],
-                               torch.device("cpu"), torch.Generator().manual_seed(0), sizes=cached.sizes,
-                               workers=workers)
+        def stream_for(workers, code=None):
+            aug, loader = (None, None) if code is None else code
+            make = get_augmentation if aug is None else (lambda name, size: aug.PRESETS[name](size))
+            return (TrainStream if loader is None else loader.TrainStream)(
+                pixels, np.arange(len(paths)), labels, "instance", args.batch_size,
+                [make("standard", args.size), make("contrastive", args.size)],
+                torch.device("cpu"), torch.Generator().manual_seed(0), sizes=cached.sizes, workers=workers)
 
         stream = stream_for(args.stream_workers)
         print(f"ltbench stream: {stream.workers} augmentation worker thread(s), prefetch {stream.prefetch}, "
               f"torch threads {torch.get_num_threads()}")
         pipelines["ltbench cached batch"] = lambda: epoch_ltbench(stream)
+        if before is not None:
+            old_stream = stream_for(args.stream_workers, before)
+            same = all(torch.equal(a, b) for x, y in zip(stream_for(args.stream_workers), old_stream)
+                       for a, b in zip(x.views, y.views))
+            print(f"--before {args.before}: one epoch's batches bit-identical to this checkout's: {same}")
+            old_stream = stream_for(args.stream_workers, before)
+            pipelines[BEFORE] = lambda: epoch_ltbench(old_stream)
 
         def loader_for(files):
             ds = PilTwoViews(files, labels, args.size)
@@ -196,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         v = rates[name]
         print(f"{name:34s} {statistics.median(v):15.1f} {min(v):8.1f} {max(v):8.1f}")
     ours = statistics.median(rates[names[0]])
-    base = statistics.median(rates[names[1]])
+    base = statistics.median(rates[f"per-item PIL, {w}x{h} JPEG"])
     ratio = ours / base
     ok = "OK" if ratio >= TARGET else "MISSED"
     print(f"ltbench {ours:.0f} img/s | per-item PIL ({w}x{h}) {base:.0f} img/s | ratio {ratio:.2f} "
@@ -206,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         small_rate = statistics.median(rates[small])
         print(f"  (per-item PIL from {args.cache_size} px JPEGs {small_rate:.0f} img/s: ltbench / that = "
               f"{ours / small_rate:.2f})")
+    if BEFORE in rates:
+        old = statistics.median(rates[BEFORE])
+        print(f"  (--before's code: {old:.0f} img/s, ratio {old / base:.2f}; this checkout / before = {ours / old:.2f})")
     if "ltbench sequential (workers=0)" in rates:
         seq = statistics.median(rates["ltbench sequential (workers=0)"])
         print(f"  (ltbench sequential, workers=0: {seq:.0f} img/s, ratio {seq / base:.2f}; "

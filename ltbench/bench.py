@@ -23,11 +23,16 @@ from ltbench import config as cfg
 from ltbench.errors import LtbenchError
 from ltbench.registry import get_method_class
 from ltbench.report import leak_text, write_report
+from ltbench.report_groups import class_groups, parse_groups
+from ltbench.report_references import parse_references, write_settings
+from ltbench.retrieval_pass import RetrievalSettings
 from ltbench.runs import (DataSpec, RunClaimed, RunFailed, StaleResult, check_cache_dir, check_methods_on_data,
                           check_out_dir, prepare_data, read_result, result_paths, run_one, write_split)
 from ltbench.trainer import TrainConfig
 
-_TOP_KEYS = ("name", "description", "dataset", "split", "train", "seeds", "methods", "cache_dir")
+_TOP_KEYS = ("name", "description", "dataset", "split", "train", "seeds", "methods", "cache_dir", "retrieval",
+             "references", "groups",  # the last two: report only (ltbench/report_references.py, report_groups.py)
+             "slurm")  # --launcher slurm only (ltbench/launchers/slurm.py), never in a run key
 _DATASET_KEYS = ("name", "data_root", "options")
 
 
@@ -49,6 +54,10 @@ class Benchmark:
     methods: dict[str, MethodRow] = field(default_factory=dict)  # row name -> row, in YAML order
     description: str = ""
     sources: dict[str, cfg.Layer] = field(default_factory=dict)  # where each training setting came from
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)  # evaluation only: not in the run key
+    references: dict | None = None  # published numbers (report only, never in a run key)
+    groups: dict | None = None  # head/medium/tail of the report (report only; None: terciles)
+    slurm: dict = field(default_factory=dict)  # --launcher slurm settings (ltbench.config.slurm_settings)
 
 
 def _check_keys(path: Path, where: str, given: Mapping, allowed: tuple[str, ...]) -> None:
@@ -165,7 +174,18 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
                     split_file=split.get("file"), cache_dir=cache_dir, split_ratio=split.get("ratio"))
     return Benchmark(name=_text(path, "name", raw.get("name"), path.stem), data=data, train=config, seeds=seeds,
                      methods=rows, description=_text(path, "description", raw.get("description"), ""),
-                     sources=sources)
+                     sources=sources, retrieval=RetrievalSettings.parse(raw.get("retrieval"), f"{path}: retrieval"),
+                     references=parse_references(raw.get("references"), str(path), list(rows)),
+                     groups=parse_groups(raw.get("groups"), str(path)), slurm=_slurm(path, raw.get("slurm")))
+
+
+def _slurm(path: Path, raw: object) -> dict:
+    """The file's ``slurm:`` section, converted (used only by ``--launcher slurm``)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise LtbenchError(f"{path}: slurm = {raw!r}: expected a mapping of SLURM settings (partition, time_min, ...)")
+    return cfg.read(cfg.slurm_settings(), raw, cfg.in_file(path, "slurm"), unknown="not a slurm setting")
 
 
 def select_rows(bench: Benchmark, text: str) -> dict[str, MethodRow]:
@@ -220,8 +240,11 @@ class BenchIncomplete(LtbenchError):
 
 def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=print,
                   warn: Callable[[str], None] = _warn, *, force: bool = False, retry_failed: bool = False,
-                  keep_checkpoints: bool = False) -> dict[str, Path]:
+                  keep_checkpoints: bool = False, launcher=None) -> dict[str, Path]:
     """Train what is missing, then write the report. Returns the report's files.
+
+    ``launcher`` (``ltbench.launchers.make_launcher``): several runs at once, in worker processes or a
+    SLURM job array, once the data are prepared here; None trains them one by one in this process.
 
     Interrupted runs resume from their last epoch's checkpoint. A failed run is recorded and the
     bench goes on; a run another bench is training is done last, after waiting for its claim; a
@@ -249,6 +272,10 @@ def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=p
     if prepared.split.details.get("warning"):
         warn(f"ltbench: warning: {prepared.split.details['warning']}")
     write_split(prepared, out_dir)
+    if bench.groups is not None:  # class names are known now: a wrong one fails before any training
+        class_groups(bench.groups, prepared.bundle.counts(prepared.split.train), prepared.bundle.class_names,
+                     where=f"{bench.name}: groups")
+    write_settings(out_dir, bench.references, bench.groups)  # for `ltbench report DIR` later
     counts = prepared.bundle.counts(prepared.split.train)
     echo(f"{bench.name}: {len(prepared.image_set)} images, split {prepared.split.kind} "
          f"({len(prepared.split.train)}/{len(prepared.split.val)}/{len(prepared.split.test)}), "
@@ -265,7 +292,7 @@ def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=p
             result, was_trained = run_one(row.method, row.params, seed, bench.train, bench.data, prepared, out_dir,
                                           benchmark=bench.name, progress=progress, row=name, wait=wait,
                                           replace_stale=force, retry_failed=retry_failed,
-                                          keep_checkpoints=keep_checkpoints, warn=warn)
+                                          keep_checkpoints=keep_checkpoints, warn=warn, retrieval=bench.retrieval)
         except RunClaimed as exc:
             echo(f"[-/{total}] {name} seed {seed}: {exc}; doing the others first")
             return False
@@ -295,21 +322,33 @@ def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=p
             echo(f"[{counter['done']}/{total}] {name} seed {seed}: STALE: {exc}")
         return True
 
-    deferred = [(name, row, seed) for name, row in bench.methods.items() for seed in bench.seeds
-                if not guarded(name, row, seed, wait=False)]
+    if launcher is not None:  # ltbench/launchers: the same runs through run_one, in other processes
+        tally = launcher(bench, out_dir, prepared, echo=echo, warn=warn, force=force, retry_failed=retry_failed,
+                         keep_checkpoints=keep_checkpoints, progress=progress)
+        results, failures, stale = tally.results, tally.failures, tally.stale
+        counter["trained"] = tally.trained
+    deferred = [] if launcher is not None else [
+        (name, row, seed) for name, row in bench.methods.items() for seed in bench.seeds
+        if not guarded(name, row, seed, wait=False)]
     for name, row, seed in deferred:  # claimed by another bench: wait for it, then use its result
         echo(f"{name} seed {seed}: waiting for the bench that is training it")
         guarded(name, row, seed, wait=True)
 
     trained = counter["trained"]
     finished = [results[(n, s)] for n in bench.methods for s in bench.seeds if (n, s) in results]
+    no_embeddings = [f"{r['method']} seed {r['seed']}" for r in finished if bench.retrieval.enabled
+                     and r.get("retrieval") is None]  # finished before retrieval was asked for: no weights kept
+    if no_embeddings:
+        echo(f"no embeddings (retrieval left out of the report): {len(no_embeddings)} run(s): "
+             f"{', '.join(no_embeddings)}; --force retrains them")
     problems = []
     if failures:
         problems.append(f"{len(failures)} failed")
     if stale:
         problems.append(f"{len(stale)} stale (another configuration's result kept; --force retrains)")
     if finished:
-        files = write_report(finished, out_dir, order=list(bench.methods), failures=failures, stale=stale)
+        files = write_report(finished, out_dir, order=list(bench.methods), failures=failures, stale=stale,
+                             references=bench.references, groups=bench.groups)
         where = f"report: {files['summary.md']}"
     else:
         files, where = {}, "no finished run, no report"

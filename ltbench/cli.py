@@ -13,16 +13,23 @@ import click
 from ltbench.errors import LtbenchError
 
 
-def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+def set_layer(settings: tuple[str, ...]):
+    """The ``--set KEY=VALUE`` training settings as the last configuration layer."""
+    from ltbench import config as cfg
+
+    return cfg.Layer("command line", _parse_params(settings, option="--set"), lambda k, v: f"--set {k}={v}", text=True)
+
+
+def _parse_params(pairs: tuple[str, ...], option: str = "--param") -> dict[str, str]:
     """``--param KEY=VALUE`` pairs as text; ``ltbench.config.method_params`` converts them by type."""
     params: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise LtbenchError(f"--param {pair!r}: expected KEY=VALUE")
+            raise LtbenchError(f"{option} {pair!r}: expected KEY=VALUE")
         if key in params:
-            raise LtbenchError(f"--param {pair}: {key} is given twice")
+            raise LtbenchError(f"{option} {pair}: {key} is given twice")
         params[key] = value
     return params
 
@@ -72,6 +79,9 @@ _PROTOCOL_HELP = "default: the dataset's protocol"
 @click.option("--split-dir", type=click.Path(path_type=Path), help="Folder of the published split files (--split ecl | flexsampling | flamby).")
 @click.option("--split-file", type=click.Path(path_type=Path), help="A split CSV (--split csv).")
 @click.option("--ratio", "split_ratio", help="FlexSampling's imbalance ratio: 100 | 200 | 500 (--split flexsampling; default 100).")
+@click.option("--classes", "split_classes",
+              help="FlexSampling's class set: 8 | 14 (--split flexsampling; default 8; 14 needs its extra "
+                   "ISIC-archive images under --data-root, see docs/data.md).")
 @click.option("--backbone", help=f"resnet18 | resnet34 | resnet50 | small-cnn ({_PROTOCOL_HELP}).")
 @click.option("--pretrained", help=f"imagenet, a URL, a local .pth file, or none ({_PROTOCOL_HELP}).")
 @click.option("--image-size", help=_PROTOCOL_HELP)
@@ -81,12 +91,15 @@ _PROTOCOL_HELP = "default: the dataset's protocol"
 @click.option("--select-metric", help=f"acc | sen | pre | f1 | auc ({_PROTOCOL_HELP}).")
 @click.option("--seed", help="Run seed (default 0).")
 @click.option("--device", help="auto, cpu, cuda, cuda:N (default auto).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any training setting (e.g. optimizer=adam, warmup_epochs=5, lr_schedule=step, "
+                   "lr_milestones=[40,60]; docs/protocol.md); repeatable, wins over the options above.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Pixel cache (default ~/.cache/ltbench).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default reports/train/DATASET).")
 @click.option("--force", is_flag=True, help="Train even if a result with the same config exists.")
-def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_dir, split_file, split_ratio, backbone,
-              pretrained, image_size, epochs, batch_size, lr, select_metric, seed, device, cache_dir, out,
-              force) -> None:
+def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_dir, split_file, split_ratio,
+              split_classes, backbone, pretrained, image_size, epochs, batch_size, lr, select_metric, seed, device,
+              settings, cache_dir, out, force) -> None:
     """Train and test one method with one seed; writes a result file and prints the test metrics."""
     from ltbench import config as cfg
     from ltbench.data.datasets import get_dataset
@@ -99,17 +112,20 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
     get_method_class(method)  # fail fast on an unknown name
     get_dataset(dataset)
     params = cfg.method_params(method, _parse_params(params), cfg.param_flag, text=True)
-    split_flags = {"kind": split_kind, "seed": split_seed, "dir": split_dir, "file": split_file, "ratio": split_ratio}
-    split = cfg.read(cfg.split_settings(), {k: str(v) for k, v in split_flags.items() if v is not None},
+    split_flags = {"kind": split_kind, "seed": split_seed, "dir": split_dir, "file": split_file, "ratio": split_ratio,
+                   "classes": split_classes}
+    split = cfg.read(cfg.split_settings(classes=True), {k: str(v) for k, v in split_flags.items() if v is not None},
                      cfg.flag({"kind": "--split", "seed": "--split-seed", "dir": "--split-dir", "file": "--split-file",
-                               "ratio": "--ratio"}),
+                               "ratio": "--ratio", "classes": "--classes"}),
                      text=True)
     flags = {"backbone": backbone, "pretrained": pretrained, "image_size": image_size, "epochs": epochs,
              "batch_size": batch_size, "lr": lr, "select_metric": select_metric, "device": device, "seed": seed}
-    config, sources = cfg.train_config(dataset, cfg.Layer("command line", flags, cfg.flag(), text=True))
+    config, sources = cfg.train_config(dataset, cfg.Layer("command line", flags, cfg.flag(), text=True),
+                                       set_layer(settings))
     spec = DataSpec(dataset=dataset, data_root=str(data_root) if data_root else None, split=split.get("kind"),
                     split_seed=split.get("seed", 0), split_dir=split.get("dir"), split_file=split.get("file"),
-                    cache_dir=str(cache_dir) if cache_dir else None, split_ratio=split.get("ratio"))
+                    cache_dir=str(cache_dir) if cache_dir else None, split_ratio=split.get("ratio"),
+                    split_classes=split.get("classes"))
     check_cache_dir(spec)
     out = cfg.check_folder(out or Path("reports") / "train" / dataset, "--out")
     click.echo(f"{method}: " + cfg.describe_train(config, sources, seed=True))
@@ -150,8 +166,18 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
 @click.option("--force", is_flag=True, help="Retrain runs whose stored result has another configuration (stale) or is damaged.")
 @click.option("--retry-failed", is_flag=True, help="Rerun the runs recorded as failed (default: report them again).")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep the last checkpoints of finished runs (default: removed).")
+# Scale-out (ltbench/launchers, docs/scaling.md); without them the runs train one by one in this process.
+@click.option("--jobs", metavar="N", help="Runs at once, each in its own process (default 1: in this process).")
+@click.option("--gpus", metavar="LIST", help="GPUs to spread the jobs over, e.g. 0,1 (default: every visible GPU, if any).")
+@click.option("--runs-per-gpu", metavar="K", help="Runs sharing one GPU (default: --jobs / number of GPUs).")
+@click.option("--threads", metavar="T", help="torch threads per parallel run (default: the cores split between the jobs).")
+@click.option("--launcher", metavar="local|slurm", help="local (default: processes on this machine) or slurm (a job array via submitit).")
+@click.option("--slurm", "slurm", multiple=True, metavar="KEY=VALUE",
+              help="A SLURM setting (over the file's slurm: section): cluster=slurm|local, partition, account, qos, "
+                   "time_min, gpus_per_job, cpus_per_job, mem_gb, array_parallelism, setup; repeatable.")
 def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, backbone, pretrained, image_size, batch_size, lr,
-              select_metric, device, out, quiet, force, retry_failed, keep_checkpoints) -> None:
+              select_metric, device, out, quiet, force, retry_failed, keep_checkpoints, jobs, gpus, runs_per_gpu,
+              threads, launcher, slurm) -> None:
     """Train every method × seed of a benchmark (skipping finished runs) and write the report.
 
     Interrupted runs resume from their last finished epoch; failed runs are recorded and the others
@@ -170,9 +196,13 @@ def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, backbone, pretr
         bench.seeds = cfg.seeds(seeds, f"--seeds {seeds}", text=True)
     if data_root:
         bench.data.data_root = str(data_root)
+    from ltbench.launchers import make_launcher
+
+    chosen = make_launcher(bench, launcher, jobs=jobs, gpus=gpus, runs_per_gpu=runs_per_gpu, threads=threads,
+                           slurm=slurm)  # None: the sequential bench
     run_benchmark(bench, out or Path("reports") / bench.name, progress=not quiet, echo=click.echo,
                   warn=lambda message: click.echo(message, err=True), force=force, retry_failed=retry_failed,
-                  keep_checkpoints=keep_checkpoints)
+                  keep_checkpoints=keep_checkpoints, launcher=chosen)
 
 
 @cli.command("report")

@@ -325,9 +325,15 @@ def _backbones() -> tuple:
 
 
 def _metrics() -> tuple:
-    from ltbench.metrics import HEADLINE
+    from ltbench.metrics import SELECTABLE
 
-    return tuple(HEADLINE)
+    return tuple(SELECTABLE)
+
+
+def _lr_schedules() -> tuple:
+    from ltbench.schedules import LR_SCHEDULES
+
+    return LR_SCHEDULES
 
 
 def _device(v: str) -> str | None:
@@ -358,6 +364,16 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "momentum": non_negative,
     "weight_decay": non_negative,
     "select_metric": one_of(_metrics),
+    "optimizer": one_of(("sgd", "adam")),
+    "betas": lambda v: None if all(0 <= b < 1 for b in v) else "each beta must be in [0, 1)",
+    "lr_schedule": one_of(_lr_schedules),
+    "lr_milestones": lambda v: None if all(m >= 1 for m in v) and list(v) == sorted(set(v)) else
+    "must be increasing epochs of at least 1",
+    "lr_gamma": positive,
+    "warmup_epochs": non_negative,
+    "warmup_start_factor": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+    "group_sizes": lambda v: None if len(v) in (0, 2) and all(n >= 1 for n in v) else
+    "give [head, medium]: the number of head and medium classes by training frequency (empty: terciles)",
     "device": _device,
     "seed": seed_rule,
 }
@@ -388,15 +404,38 @@ def train_flag(key: str, value: object) -> object:
     return read({key: train_settings()[key]}, {key: value}, flag(), text=isinstance(value, str))[key]
 
 
-def split_settings() -> dict[str, Setting]:
+def split_settings(classes: bool = False) -> dict[str, Setting]:
+    """The split options; ``classes``: also FlexSampling's class set (``ltbench train --classes``).
+
+    ``classes`` is off for benchmark files until ``ltbench/bench.py`` passes it on to ``DataSpec``
+    (``split_classes=``): until then a ``split: {classes: 14}`` is refused, never silently ignored.
+    """
     from ltbench.data.splits import KINDS
 
-    return {"kind": Setting("kind", str | None, None, one_of(KINDS)),
-            "seed": Setting("seed", int, 0, seed_rule),
-            "dir": Setting("dir", str | None, None, _not_empty),
-            "file": Setting("file", str | None, None, _not_empty),
-            # FlexSampling's imbalance ratio (--split flexsampling; ltbench/data/published_splits.py)
-            "ratio": Setting("ratio", int | None, None, one_of((100, 200, 500)))}
+    settings = {"kind": Setting("kind", str | None, None, one_of(KINDS)),
+                "seed": Setting("seed", int, 0, seed_rule),
+                "dir": Setting("dir", str | None, None, _not_empty),
+                "file": Setting("file", str | None, None, _not_empty),
+                # FlexSampling's imbalance ratio (--split flexsampling; ltbench/data/published_splits.py)
+                "ratio": Setting("ratio", int | None, None, one_of((100, 200, 500)))}
+    if classes:  # FlexSampling's 8-class (default) or 14-class split
+        settings["classes"] = Setting("classes", int | None, None, one_of((8, 14)))
+    return settings
+
+
+def slurm_settings() -> dict[str, Setting]:
+    """``--launcher slurm``: the benchmark file's ``slurm:`` section and ``--slurm KEY=VALUE`` (ltbench/launchers/slurm.py)."""
+    text = str | None
+    return {"cluster": Setting("cluster", text, None, one_of(("slurm", "local"))),  # local: submitit's local executor
+            "partition": Setting("partition", text, None, _not_empty),
+            "account": Setting("account", text, None, _not_empty),
+            "qos": Setting("qos", text, None, _not_empty),
+            "time_min": Setting("time_min", int | None, None, at_least(1)),  # per task
+            "gpus_per_job": Setting("gpus_per_job", int | None, None, non_negative),
+            "cpus_per_job": Setting("cpus_per_job", int | None, None, at_least(1)),
+            "mem_gb": Setting("mem_gb", float | None, None, positive),
+            "array_parallelism": Setting("array_parallelism", int | None, None, at_least(1)),
+            "setup": Setting("setup", list[str] | None, None)}  # shell lines run before each task
 
 
 def dataset_option_settings(dataset: str) -> tuple[dict[str, Setting], bool]:

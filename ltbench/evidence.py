@@ -96,6 +96,22 @@ def resampled_metrics(labels: np.ndarray, probs: np.ndarray, counts: np.ndarray,
     return out
 
 
+def resampled_class_recall(labels: np.ndarray, probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per-class recall (percent) on each resample given by ``counts`` [R, N]: float [R, C].
+
+    A class without images in a resample has recall 0, as in :func:`resampled_metrics`; the
+    stratified resamples keep every class's support, so this never happens there.
+    """
+    labels = np.asarray(labels).astype(int).reshape(-1)
+    probs = np.asarray(probs, dtype=float)
+    onehot_true = labels[:, None] == np.arange(probs.shape[1])[None, :]
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    w = counts.astype(np.float64)
+    support = w @ onehot_true
+    hits = w @ (onehot_true * correct[:, None])
+    return 100.0 * np.divide(hits, support, out=np.zeros_like(hits), where=support > 0)
+
+
 def weighted_macro_auc(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Macro one-vs-rest ROC AUC (percent) with per-image weights [R, N]: float [R].
 

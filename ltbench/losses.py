@@ -87,3 +87,9 @@ their own (no ``extra_labels``).
         num_positive = positive.sum(dim=1).clamp(min=1)
         mean_log_prob_pos = torch.where(positive, log_prob, 0.0).sum(dim=1) / num_positive
         return -(temperature / base_temperature) * mean_log_prob_pos.mean()
+
+
+def check_label_smoothing(name: str, label_smoothing: float) -> None:
+    """A loss method's ``label_smoothing`` must be a number in [0, 1) (PyTorch takes [0, 1]; 1 learns nothing)."""
+    if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 1.0):
+        raise ValueError(f"{name}: label_smoothing must be in [0, 1), got {label_smoothing!r}")

@@ -202,11 +202,60 @@ class RunAccess:
 
 
 class LossMethod(Method):
-    """A method that is a loss on the logits of one view: override :meth:`loss`."""
+    """A method that is a loss on the logits of one view: override :meth:`loss`.
+
+    Two tricks of FlexSampling's repository (issue 15) for every loss, each a keyword a subclass
+    declares in its own ``__init__`` (so ``get_params`` sees it) and passes on here:
+
+    * ``sampler``: the one training stream's sampler (``ltbench.data.loader.SAMPLERS``: ``instance``,
+      ``class_balanced``, ``reversed``, ``class_aware``); ``"instance"`` runs :meth:`Method.stages`
+      unchanged.
+    * ``mixup_alpha``: mixup of the first view with λ ~ Beta(α, α) once per batch
+      (``ltbench.mixup``), loss ``λ·loss(z, y) + (1 − λ)·loss(z, y[perm])``. Its generator is
+      seeded from ``TrainInfo.seed`` in :meth:`setup` (a subclass overriding ``setup`` calls
+      ``super().setup(info)``) and kept in the buffer ``mixup_generator_state``. α = 0 registers
+      and draws nothing: the step is the plain loss, bit for bit.
+    """
+
+    def __init__(self, sampler: str = "instance", mixup_alpha: float = 0.0) -> None:
+        super().__init__()
+        from ltbench.data.loader import SAMPLERS  # the loader imports this module
+
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if not (isinstance(mixup_alpha, (int, float)) and 0.0 <= mixup_alpha < float("inf")):
+            raise ValueError(f"mixup_alpha must be a number >= 0, got {mixup_alpha!r}")
+        self.sampler = sampler
+        self.mixup_alpha = mixup_alpha
+
+    def setup(self, info: TrainInfo) -> None:
+        if getattr(self, "mixup_alpha", 0.0) > 0:
+            from ltbench.mixup import mixup_generator
+
+            self.register_buffer("mixup_generator_state", mixup_generator(info.seed).get_state())
+
+    def stages(self, info: TrainInfo) -> list[Stage]:
+        sampler = getattr(self, "sampler", "instance")
+        if sampler == "instance":
+            return super().stages(info)
+        return [Stage(samplers=(sampler,), views=tuple(self.views))]
 
     def training_step(self, model: nn.Module, batch: Batch) -> StepResult:
-        logits = model(batch.views[0])
-        return self.loss(logits.float(), batch.labels)
+        if not getattr(self, "mixup_alpha", 0.0) > 0:
+            logits = model(batch.views[0])
+            return self.loss(logits.float(), batch.labels)
+        from ltbench.mixup import draw_mixup, mix_inputs, mixup_criterion
+
+        state = getattr(self, "mixup_generator_state", None)
+        if state is None:
+            raise RuntimeError(f"{type(self).__name__}: mixup_alpha > 0 but LossMethod.setup was not called "
+                               "(an overriding setup must call super().setup(info))")
+        # The buffer is the generator's only state (checkpoints and resumes carry it).
+        generator = torch.Generator().set_state(state.cpu())
+        lam, perm = draw_mixup(self.mixup_alpha, batch.labels.shape[0], generator)
+        state.copy_(generator.get_state())
+        logits = model(mix_inputs(batch.views[0], lam, perm)).float()
+        return mixup_criterion(self.loss, logits, batch.labels, batch.labels[perm.to(batch.labels.device)], lam)
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         raise NotImplementedError

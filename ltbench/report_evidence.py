@@ -6,6 +6,10 @@ class's recall, and flags for runs that collapsed (a single predicted class, bes
 majority-class row shows what "always predict the head" scores. The numbers come from
 ``ltbench.evidence``; this module only gathers the runs' arrays, lays out tables and draws figures.
 
+:func:`best_tests` is the paired bootstrap behind the summary table's bold (best mean against the
+runner-up, per column). The cost table adds peak memory (``memory`` of each result: process
+``ru_maxrss``, CUDA max allocated; "n/a" for results written before it was recorded).
+
 Figures: metric bars with error bars, per-class recall across methods (classes head → tail),
 reliability diagrams, training curves (validation metric per epoch, one line per seed).
 """
@@ -53,6 +57,8 @@ class Evidence:
     missing: list[str] = field(default_factory=list)
     resamples: int = ev.BOOTSTRAP_RESAMPLES
     seed: int = ev.BOOTSTRAP_SEED
+    # (method, seed) -> metric -> float [R] on the shared resamples; "class_recall" -> [R, C]
+    resampled: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def load_run_arrays(run_dir: Path, results: Sequence[dict]) -> tuple[list[RunArrays], list[str]]:
@@ -82,7 +88,10 @@ def compute_evidence(runs: list[RunArrays], methods: Sequence[str], baseline: st
     if any(r.test_labels.shape != labels.shape or (r.test_labels != labels).any() for r in runs):
         raise ValueError("runs disagree on the test labels: not one split")
     counts = ev.stratified_bootstrap_counts(labels, resamples, seed)
-    resampled = {(r.method, r.seed): ev.resampled_metrics(labels, r.test_probs, counts) for r in runs}
+    resampled = {(r.method, r.seed): {**ev.resampled_metrics(labels, r.test_probs, counts),
+                                      "class_recall": ev.resampled_class_recall(labels, r.test_probs, counts)}
+                 for r in runs}
+    out.resampled = resampled
     by_method = {m: sorted((r for r in runs if r.method == m), key=lambda r: r.seed) for m in methods}
 
     for m in methods:
@@ -133,6 +142,79 @@ def compute_evidence(runs: list[RunArrays], methods: Sequence[str], baseline: st
 
 def _run(runs: list[RunArrays], seed: int) -> RunArrays:
     return next(r for r in runs if r.seed == seed)
+
+
+@dataclass
+class BestTest:
+    """The paired test behind one column's bold: the best mean against the runner-up."""
+
+    key: str
+    best: str
+    runner_up: str
+    seeds: int
+    p: float
+
+    @property
+    def significant(self) -> bool:
+        return bool(self.p < SIGNIFICANCE)
+
+
+def _resampled_column(evidence: Evidence, method: str, seed: int, key: str,
+                      groups: dict[str, list[int]]) -> np.ndarray | None:
+    values = evidence.resampled.get((method, seed))
+    if values is None:
+        return None
+    if key in values:
+        return values[key]
+    if key.endswith("_recall") and groups.get(key[: -len("_recall")]):
+        return values["class_recall"][:, groups[key[: -len("_recall")]]].mean(axis=1)
+    return None
+
+
+def best_tests(evidence: Evidence, summary: pd.DataFrame, keys: Sequence[str],
+               results: Sequence[dict] = ()) -> dict[str, BestTest]:
+    """Per column: the paired bootstrap of the best mean against the runner-up (pooled over common seeds).
+
+    Only methods with saved probabilities take part; a column with fewer than two of them, or
+    whose two leaders share no seed, gets no test (and no bold). Group columns use the groups of
+    ``results`` (as the summary does).
+    """
+    groups: dict[str, list[int]] = {}
+    if results:
+        names = [str(n) for n in results[0]["test"]["per_class"]["name"]]
+        index = {n: i for i, n in enumerate(names)}
+        groups = {g: [index[n] for n in members if n in index]
+                  for g, members in (results[0]["test"].get("groups") or {}).items()}
+    seeds_of = {m: sorted(s for (mm, s) in evidence.resampled if mm == m) for m in evidence.methods}
+    out: dict[str, BestTest] = {}
+    for key in keys:
+        column = f"{key}_mean"
+        if column not in summary:
+            continue
+        ranked = [(float(v), m) for m, v in zip(summary["method"], summary[column])
+                  if m in seeds_of and seeds_of[m] and not math.isnan(float(v))]
+        ranked.sort(key=lambda t: -t[0])  # stable: ties keep the table order
+        if len(ranked) < 2:
+            continue
+        best, runner = ranked[0][1], ranked[1][1]
+        common = sorted(set(seeds_of[best]) & set(seeds_of[runner]))
+        a = [_resampled_column(evidence, best, s, key, groups) for s in common]
+        b = [_resampled_column(evidence, runner, s, key, groups) for s in common]
+        if not common or any(x is None for x in a + b):
+            continue
+        out[key] = BestTest(key, best, runner, len(common), ev.paired_bootstrap_p(a, b))
+    return out
+
+
+def best_tests_markdown(tests: dict[str, BestTest], labels: dict[str, str]) -> str:
+    """Which column's best is bold in the summary table, and the test behind it."""
+    if not tests:
+        return "No value is bold: no column had two methods with saved probabilities to test."
+    rows = [[labels.get(t.key, t.key), t.best, t.runner_up, str(t.seeds),
+             "p<0.001" if t.p < 0.001 else f"p={t.p:.3f}", "bold" if t.significant else "not bold"]
+            for t in tests.values()]
+    return tabulate(rows, headers=["Column", "Best", "Runner-up", "Common seeds", "Paired test", "In the table"],
+                    tablefmt="github", disable_numparse=True)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -213,8 +295,26 @@ def per_class_table(results: Sequence[dict], methods: Sequence[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def _peak_rss(runs: Sequence[dict]) -> str:
+    """Largest process peak RSS over the seeds; "≤" when a run did not raise the process's peak."""
+    memory = [r.get("memory") for r in runs]
+    if not memory or any(not isinstance(m, dict) or m.get("cpu_peak_rss_mb") is None for m in memory):
+        return "n/a"
+    bound = any(not m.get("rss_peak_raised_by_run", True) for m in memory)
+    return ("≤ " if bound else "") + f"{max(float(m['cpu_peak_rss_mb']) for m in memory):.0f}"
+
+
+def _cuda_peak(runs: Sequence[dict]) -> str:
+    memory = [r.get("memory") for r in runs]
+    if not memory or any(not isinstance(m, dict) or "cuda_max_allocated_mb" not in m for m in memory):
+        return "n/a"
+    values = [m["cuda_max_allocated_mb"] for m in memory if m["cuda_max_allocated_mb"] is not None]
+    return f"{max(values):.0f}" if values else "— (no CUDA)"
+
+
 def cost_table(results: Sequence[dict], methods: Sequence[str]) -> str:
-    """Wall time per run, training time per epoch, training images/s and device, mean ± std over seeds."""
+    """Wall time per run, training time per epoch, training images/s and device, mean ± std over seeds;
+    peak memory (CPU RSS, CUDA max allocated), the largest over seeds ("n/a" for results without it)."""
     rows = []
     for m in methods:
         runs = [r for r in results if r["method"] == m]
@@ -224,18 +324,30 @@ def cost_table(results: Sequence[dict], methods: Sequence[str]) -> str:
         rate = [n / t if t and t > 0 else math.nan for n, t in zip(train_images, epoch_times)]
         devices = ", ".join(sorted({str(r.get("device", "?")) for r in runs}))
         rows.append([m, _mean_std([r.get("wall_time_s", math.nan) for r in runs]), _mean_std(epoch_times),
-                     _mean_std(rate), devices])
-    headers = ["Method", "Wall time per run (s)", "Train time per epoch (s)", "Train-split images/s", "Device"]
+                     _mean_std(rate), _peak_rss(runs), _cuda_peak(runs), devices])
+    headers = ["Method", "Wall time per run (s)", "Train time per epoch (s)", "Train-split images/s",
+               "Peak RSS (MB)", "CUDA max allocated (MB)", "Device"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def evidence_markdown(evidence: Evidence, summary: pd.DataFrame, results: Sequence[dict] = ()) -> str:
+def evidence_markdown(evidence: Evidence, summary: pd.DataFrame, results: Sequence[dict] = (),
+                      grouping: str = "terciles of the training counts",
+                      bold: str = "") -> str:
     lines = ["# Evidence", ""]
     if evidence.missing:
         lines += [f"Runs without saved probabilities (left out here): {', '.join(evidence.missing)}.", ""]
     if not evidence.methods:
-        return "\n".join(lines + ["No run has saved probabilities: nothing to compute.", ""])
-    lines += [
+        lines += ["No run has saved probabilities: no intervals, paired tests, calibration or bold.", ""]
+    else:
+        lines += _tested_sections(evidence, summary, bold)
+    if results:
+        lines += _run_file_sections(results, list(summary["method"]), grouping)
+    return "\n".join(lines)
+
+
+def _tested_sections(evidence: Evidence, summary: pd.DataFrame, bold: str) -> list[str]:
+    """The sections computed from the saved probabilities."""
+    lines = [
         "## 95 % confidence intervals",
         "",
         f"Mean over seeds [percentile bootstrap interval]: {evidence.resamples} resamples of the test "
@@ -259,6 +371,18 @@ def evidence_markdown(evidence: Evidence, summary: pd.DataFrame, results: Sequen
             paired_table(evidence),
             "",
         ]
+    if bold:
+        lines += [
+            "## Bold in the summary table",
+            "",
+            "A column's best mean is bold only when a two-sided paired bootstrap of the best method "
+            "against the runner-up (the same resampled test images for both, the seeds they share "
+            f"pooled as above) gives p < {SIGNIFICANCE}; one test per column, not corrected for the "
+            "number of columns.",
+            "",
+            bold,
+            "",
+        ]
     lines += [
         "## Calibration and collapse",
         "",
@@ -270,27 +394,34 @@ def evidence_markdown(evidence: Evidence, summary: pd.DataFrame, results: Sequen
         calibration_table(evidence),
         "",
     ]
-    if results:
-        methods = list(summary["method"])
-        lines += [
-            "## Per class",
-            "",
-            "Test recall (%) per class, mean ± std over seeds; classes ordered by training count "
-            "(head → tail), with their head/medium/tail group (terciles of the training counts) and "
-            "their counts in each part of the split.",
-            "",
-            per_class_table(results, methods),
-            "",
-            "## Cost",
-            "",
-            "Wall time of each run (training, validation every epoch, test), its mean training time "
-            "per epoch, and the training split's size divided by that time (a method drawing several "
-            "streams or views per step processes more images than this); device as recorded.",
-            "",
-            cost_table(results, methods),
-            "",
-        ]
-    return "\n".join(lines)
+    return lines
+
+
+def _run_file_sections(results: Sequence[dict], methods: Sequence[str], grouping: str) -> list[str]:
+    """The sections computed from the result files alone (older folders without arrays too)."""
+    return [
+        "## Per class",
+        "",
+        "Test recall (%) per class, mean ± std over seeds; classes ordered by training count "
+        f"(head → tail), with their head/medium/tail group ({grouping}) and "
+        "their counts in each part of the split.",
+        "",
+        per_class_table(results, methods),
+        "",
+        "## Cost",
+        "",
+        "Wall time of each run (training, validation every epoch, test), its mean training time "
+        "per epoch, and the training split's size divided by that time (a method drawing several "
+        "streams or views per step processes more images than this); device as recorded. "
+        "Peak RSS: `resource.getrusage` `ru_maxrss` of the process at the end of the run, the largest "
+        "over seeds; it is a process-lifetime maximum, so in a bench that trains runs one after another "
+        "in one process a run that did not raise it is shown as \"≤\" (its own peak is at most that). "
+        "CUDA: `torch.cuda.max_memory_allocated` after resetting the peak before the run. "
+        "n/a: results written before ltbench recorded memory.",
+        "",
+        cost_table(results, methods),
+        "",
+    ]
 
 
 # ----------------------------------------------------------------------------- figures
@@ -390,13 +521,24 @@ def select_metric_of(results: Sequence[dict]) -> str:
     return found.pop() if len(found) == 1 else "acc"
 
 
-def evidence_outputs(results: Sequence[dict], run_dir: Path, summary: pd.DataFrame, methods: Sequence[str],
-                     baseline: str | None = "ce") -> dict[str, str | bytes]:
-    """File name -> content of the evidence tables and figures (``evidence.md``, four PNGs)."""
+def gather_evidence(results: Sequence[dict], run_dir: Path, methods: Sequence[str],
+                    baseline: str | None = "ce") -> tuple[Evidence, list[RunArrays]]:
+    """Load the runs' arrays under ``run_dir`` and compute the evidence (runs without arrays listed)."""
     runs, missing = load_run_arrays(run_dir, results)
     evidence = compute_evidence(runs, methods, baseline)
     evidence.missing = missing
-    out: dict[str, str | bytes] = {"evidence.md": evidence_markdown(evidence, summary, results)}
+    return evidence, runs
+
+
+def evidence_outputs(results: Sequence[dict], run_dir: Path, summary: pd.DataFrame, methods: Sequence[str],
+                     baseline: str | None = "ce", *, gathered: tuple[Evidence, list[RunArrays]] | None = None,
+                     grouping: str = "terciles of the training counts", bold: str = "") -> dict[str, str | bytes]:
+    """File name -> content of the evidence tables and figures (``evidence.md``, four PNGs).
+
+    ``gathered``: the result of :func:`gather_evidence` when the caller already has it.
+    """
+    evidence, runs = gathered if gathered is not None else gather_evidence(results, run_dir, methods, baseline)
+    out: dict[str, str | bytes] = {"evidence.md": evidence_markdown(evidence, summary, results, grouping, bold)}
     if evidence.calibration is not None:
         out["calibration.csv"] = evidence.calibration.to_csv(index=False, lineterminator="\n")
     out["metrics.png"] = metric_bars_figure(summary)

@@ -40,7 +40,13 @@ DATA_PIPELINE_VERSION = 2
 # TrainConfig field equal to its entry here is left out of the run identity, so adding a setting
 # never moves the keys of existing results. Add a new setting's name here when its default
 # reproduces the former behaviour exactly (a new default that changes results bumps a version).
-KEY_NEUTRAL: dict[str, object] = {}
+KEY_NEUTRAL: dict[str, object] = {
+    # TrainConfig, issue 15: the protocol options of FlexSampling's and MONICA's benchmarks
+    "optimizer": "sgd", "betas": (0.9, 0.999), "lr_schedule": "cosine", "lr_milestones": (), "lr_gamma": 0.1,
+    "warmup_epochs": 0, "warmup_start_factor": 0.01, "group_sizes": (),
+    # method keywords, issue 15: the loss tricks of FlexSampling's repository (LossMethod, ce, focal, ...)
+    "sampler": "instance", "mixup_alpha": 0.0, "label_smoothing": 0.0,
+}
 
 
 def _key_relevant(values: dict) -> dict:
@@ -61,6 +67,7 @@ class DataSpec:
     split_file: str | None = None
     cache_dir: str | None = None
     split_ratio: int | None = None  # FlexSampling's imbalance ratio (split kind "flexsampling")
+    split_classes: int | None = None  # FlexSampling's class set: None/8, or 14 (its own image set)
 
     def identity(self) -> dict:
         """What determines the data (not where it is stored)."""
@@ -68,6 +75,8 @@ class DataSpec:
                  "split_seed": self.split_seed}
         if self.split_ratio is not None:  # only when set, so that existing run keys do not move
             ident["split_ratio"] = self.split_ratio
+        if self.split_classes not in (None, 8):  # the 8-class default leaves existing run keys unchanged
+            ident["split_classes"] = self.split_classes
         version = get_dataset(self.dataset).version
         if version != 1:  # only when bumped, so that existing run keys do not move
             ident["dataset_version"] = version
@@ -100,13 +109,15 @@ def prepare_data(spec: DataSpec, image_size: int, verify: bool = False,
     split)`` runs once the labels are read and split, before any pixel is decoded: the checks that
     need the data (``check_methods_on_data``) fail there, not after minutes of caching.
     """
-    from ltbench.data.splits import leak_report, make_split
+    from ltbench.data.splits import image_set_for_split, leak_report, make_split
 
     image_set = load_dataset(spec.dataset, spec.data_root, **(spec.options or {}))
-    split = make_split(image_set, kind=spec.split_kind, seed=spec.split_seed,
-                       split_dir=resolve_split_dir(spec.split_dir, spec.data_root),
+    split_dir = resolve_split_dir(spec.split_dir, spec.data_root)
+    # FlexSampling's 14-class split has its own image set (ISIC 2019 relabelled + ISIC-archive images).
+    image_set = image_set_for_split(image_set, spec.split_kind, split_dir, spec.split_classes, spec.data_root)
+    split = make_split(image_set, kind=spec.split_kind, seed=spec.split_seed, split_dir=split_dir,
                        split_file=Path(spec.split_file) if spec.split_file else None,
-                       dataset_name=spec.dataset, ratio=spec.split_ratio)
+                       dataset_name=spec.dataset, ratio=spec.split_ratio, classes=spec.split_classes)
     if before_pixels is not None:
         before_pixels(image_set, split)
     if image_set.pixels is not None:
@@ -269,11 +280,45 @@ def versions() -> dict:
             "platform": platform.platform()}
 
 
+def memory_start(device) -> dict:
+    """Before a run: the process's peak RSS so far; CUDA's peak-allocation counter reset.
+
+    ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is a process-lifetime maximum (KiB on Linux,
+    bytes on macOS): in a bench that trains runs one after another in one process, a run whose
+    own peak stays below an earlier run's cannot raise it. :func:`memory_end` says whether it did.
+    """
+    import resource
+    import sys
+
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+    scale = 1.0 if sys.platform == "darwin" else 1024.0
+    return {"before": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20}
+
+
+def memory_end(start: dict, device) -> dict:
+    """After a run: process peak RSS (MB), whether this run raised it, CUDA max allocated (MB or None)."""
+    import resource
+    import sys
+
+    scale = 1.0 if sys.platform == "darwin" else 1024.0
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+    cuda = None
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        cuda = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return {"cpu_peak_rss_mb": round(after, 1), "cpu_peak_rss_mb_before": round(start["before"], 1),
+            "rss_peak_raised_by_run": bool(after > start["before"]), "cuda_max_allocated_mb": cuda}
+
+
 def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data_spec: DataSpec,
             prepared: PreparedData, out_dir: Path, benchmark: str = "", progress: bool = True,
             force: bool = False, row: str | None = None, *, wait: bool = True, retry_failed: bool = False,
             keep_checkpoints: bool = False, warn: Callable[[str], None] | None = None,
-            replace_stale: bool = False) -> tuple[dict, bool]:
+            replace_stale: bool = False, retrieval=None) -> tuple[dict, bool]:
     """Train one method with one seed unless its result exists. Returns (result, trained).
 
     ``row``: the benchmark row name (default: the method's); results live in ``runs/<row>/``
@@ -288,6 +333,9 @@ def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data
     ``seed<k>.failed.json`` (epoch, reason) and ``seed<k>.failed.log`` (traceback) and raises
     :class:`RunFailed`; a recorded failure of the same key is raised again without training unless
     ``retry_failed``. A write that fails (full disk, read-only folder) is one LtbenchError line.
+    ``retrieval`` (``ltbench.retrieval_pass.RetrievalSettings``, not part of the run key): when enabled,
+    the retrieval pass runs after the test pass and its section goes into the result; a stored result
+    without one is returned as it is (the bench lists it) unless ``replace_stale`` retrains it.
     """
     row = row or method_name
     config = TrainConfig(**{**config.to_dict(), "seed": seed})
@@ -302,7 +350,8 @@ def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data
         claim.acquire(wait=True)
     try:
         return _run_claimed(method, method_name, full_params, key, seed, config, data_spec, prepared, out_dir,
-                            benchmark, progress, force, row, retry_failed, keep_checkpoints, warn, replace_stale)
+                            benchmark, progress, force, row, retry_failed, keep_checkpoints, warn, replace_stale,
+                            retrieval)
     except OSError as exc:
         raise _storage_error(exc) from None
     finally:
@@ -312,7 +361,7 @@ def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data
 def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, seed: int, config: TrainConfig,
                  data_spec: DataSpec, prepared: PreparedData, out_dir: Path, benchmark: str, progress: bool,
                  force: bool, row: str, retry_failed: bool, keep_checkpoints: bool,
-                 warn: Callable[[str], None] | None, replace_stale: bool) -> tuple[dict, bool]:
+                 warn: Callable[[str], None] | None, replace_stale: bool, retrieval=None) -> tuple[dict, bool]:
     """:func:`run_one` once this process holds the run's claim (so the checks below cannot race)."""
     json_path, npz_path = result_paths(out_dir, row, seed)
     failed_path, log_path = failure_paths(out_dir, row, seed)
@@ -324,8 +373,9 @@ def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, 
             if not replace_stale:
                 raise
             stored = None  # damaged: retrained and replaced
-        if stored is not None and stored.get("run_key") == key:
-            return stored, False
+        if stored is not None and stored.get("run_key") == key and not (
+                replace_stale and retrieval is not None and retrieval.enabled and stored.get("retrieval") is None):
+            return stored, False  # (a result without the retrieval asked for is retrained only with --force)
         if stored is not None and not replace_stale:
             raise StaleResult(json_path, stored.get("run_key"), key)
         failure = read_failure(out_dir, row, seed)
@@ -335,7 +385,17 @@ def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, 
         store.remove()  # --force: a fresh run, not a resumption
     trainer = Trainer(config, progress=progress, desc=f"{row} seed {seed}")
     try:
+        memory = memory_start(trainer.device)  # peak memory of this run (issue 12; not in the run key)
         output = trainer.fit(method, prepared.bundle, checkpoint=store)
+        memory = memory_end(memory, trainer.device)
+        found = None  # the retrieval pass (ltbench/retrieval_pass.py): after the test pass, no random numbers
+        if retrieval is not None and retrieval.enabled:
+            from ltbench.retrieval_pass import embedding_path, retrieval_pass
+
+            if getattr(trainer, "model", None) is None:
+                raise LtbenchError("retrieval: Trainer.fit left no trained model (Trainer.model)")
+            found = retrieval_pass(method, trainer.model, prepared, config, embedding_path(json_path), retrieval,
+                                   trainer.device)
     except (OSError, KeyboardInterrupt, SystemExit):
         raise  # the machine's problem (a full disk) or the user's: not the run's failure
     except Exception as exc:
@@ -377,7 +437,10 @@ def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, 
         "val": output.val,
         "test": output.test,
         "arrays": npz_path.name,
+        "memory": memory,
     }
+    if found is not None:
+        result["retrieval"] = found  # embeddings: runs/<row>/seed<k>.emb.npz
     _atomic_savez(npz_path, output.arrays)
     hook("result")  # test-only kill point between the arrays and the JSON that marks the run done
     atomic_write(json_path, json.dumps(_jsonable(result), indent=1, allow_nan=True))

@@ -152,6 +152,11 @@ class BBN(Method):
     def build_model(self, backbone: Backbone, info: TrainInfo) -> nn.Module:
         return BBNNetwork(backbone, info.num_classes, self.branch_blocks, self.mix_scale)
 
+    def representations(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+        """``feature``: both branches' features ``[f_c; f_r]`` as the classifier sees them at test
+        (the α = 0.5 mix only scales them, which cosine retrieval ignores)."""
+        return {"feature": torch.cat(model.branch_features(images), dim=1)}
+
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         if self.divisor is None:

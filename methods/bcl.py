@@ -196,6 +196,11 @@ class BCL(Method):
     def build_model(self, backbone: Backbone, info: TrainInfo) -> nn.Module:
         return BCLNetwork(backbone, info.num_classes, self.dim, self.scale)
 
+    def representations(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+        """``feature`` (backbone) and ``embedding`` (the L2-normalised projection head), for retrieval."""
+        features = model.backbone(images)
+        return {"feature": features, "embedding": model.head(features)}
+
     def training_step(self, model: nn.Module, batch: Batch) -> StepResult:
         logits, embeddings, centers = model(*batch.views)
         labels = batch.labels

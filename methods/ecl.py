@@ -286,6 +286,11 @@ class ECL(Method):
     def build_model(self, backbone: Backbone, info: TrainInfo) -> nn.Module:
         return ECLNetwork(backbone, info.num_classes, self.dim)
 
+    def representations(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+        """``feature`` (backbone) and ``embedding`` (the L2-normalised projection head), for retrieval."""
+        features = model.backbone(images)
+        return {"feature": features, "embedding": model.head(features)}
+
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         # Cycle update: the proxy gradient sums over this epoch's batches from zero.

@@ -4,7 +4,12 @@ Per sample ``ce = CE(z, y; w)``, ``p = exp(-ce)``, loss = plain mean over the B 
 ``(1 - p)^γ · ce``. With class weights the weight sits inside ``ce`` (so ``p`` is then not a
 probability) and the mean divides by B, not by Σ w_y as ``F.cross_entropy(weight=)`` would.
 The modulating factor is not detached. γ = 2 as in Lin et al. and MWNL's configs
-(LDAM-DRW's scripts use γ = 1).
+(LDAM-DRW's scripts use γ = 1; so does FlexSampling's ``run_baselines.py``: the row ``focal_g1``).
+
+Tricks (issue 15; off by default, the loss above unchanged): ``mixup_alpha`` and ``sampler``
+(``ltbench.method.LossMethod``), and ``label_smoothing`` ε, which is not in any official focal code:
+the smoothed CE of PyTorch, ``ce = (1 − ε)·w_y·(−log p_y) + (ε/C)·Σ_c w_c·(−log p_c)``, takes the
+place of ``ce`` in the formula above, modulator included (``p = exp(−ce)``).
 """
 from __future__ import annotations
 
@@ -15,10 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ltbench import LossMethod, TrainInfo, register_method
+from ltbench.losses import check_label_smoothing
 
 
-def focal_loss(logits: Tensor, labels: Tensor, gamma: float, weight: Tensor | None = None) -> Tensor:
-    ce = F.cross_entropy(logits, labels, weight=weight, reduction="none")
+def focal_loss(logits: Tensor, labels: Tensor, gamma: float, weight: Tensor | None = None,
+               label_smoothing: float = 0.0) -> Tensor:
+    """``mean_i (1 − p_i)^γ · ce_i``, ``ce_i = CE(z_i, y_i; w, ε)``, ``p_i = exp(−ce_i)`` (plain mean over B)."""
+    ce = F.cross_entropy(logits, labels, weight=weight, reduction="none", label_smoothing=label_smoothing)
     p = torch.exp(-ce)
     return ((1 - p) ** gamma * ce).mean()
 
@@ -27,17 +35,21 @@ def focal_loss(logits: Tensor, labels: Tensor, gamma: float, weight: Tensor | No
 class Focal(LossMethod):
     """Softmax focal loss; ``class_weights`` (optional, one per class) enter inside the CE term."""
 
-    def __init__(self, gamma: float = 2.0, class_weights: Sequence[float] | None = None) -> None:
-        super().__init__()
+    def __init__(self, gamma: float = 2.0, class_weights: Sequence[float] | None = None,
+                 label_smoothing: float = 0.0, sampler: str = "instance", mixup_alpha: float = 0.0) -> None:
+        super().__init__(sampler=sampler, mixup_alpha=mixup_alpha)
+        check_label_smoothing("focal", label_smoothing)
+        self.label_smoothing = label_smoothing
         self.gamma = gamma
         self.class_weights = class_weights
         weight = torch.as_tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("weight", weight)
 
     def setup(self, info: TrainInfo) -> None:
+        super().setup(info)  # mixup's generator (nothing at mixup_alpha = 0)
         if self.weight is not None and self.weight.numel() != info.num_classes:
             raise ValueError(f"class_weights has {self.weight.numel()} values for "
                              f"{info.num_classes} classes")
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return focal_loss(logits, labels, self.gamma, self.weight)
+        return focal_loss(logits, labels, self.gamma, self.weight, self.label_smoothing)

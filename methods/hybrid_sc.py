@@ -110,6 +110,11 @@ class HybridSC(Method):
     def build_model(self, backbone: Backbone, info: TrainInfo) -> nn.Module:
         return HybridNetwork(backbone, info.num_classes, self.dim)
 
+    def representations(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+        """``feature`` (backbone) and ``embedding`` (the L2-normalised projection head), for retrieval."""
+        features = model.backbone(images)
+        return {"feature": features, "embedding": model.head(features)}
+
     def alpha(self) -> float:
         """The SC weight of the current epoch."""
         return hybrid_alpha(self.epoch, self.epochs, self.alpha_offset)

@@ -28,6 +28,12 @@ Where ltbench deviates, and why:
   nearly uniform).
 * **Protocol.** The shared protocol's backbone, optimiser (SGD 0.002, cosine decay) and
   best-validation checkpoint replace the official ResNet-32, SGD 0.1 with warm-up and step decay.
+
+FlexSampling's baseline rows (issue 15): ``beta: 0`` keeps the weights at 1 throughout (LDAM
+without DRW, the row "LDAM"); ``sampler: class_balanced`` adds its inverse-frequency resampling (the
+row its ``run_baselines.py`` calls "LDAM_DRW": no deferral). Its v0.2 ``LDAMLoss`` (margin scaled, logits
+not) is a different loss and not reproduced. ``sampler`` and ``mixup_alpha``: ``ltbench.method.LossMethod``.
+No ``label_smoothing``: the margin is defined on the hard target logit, and kaidic's code has none.
 """
 from __future__ import annotations
 
@@ -87,8 +93,10 @@ class LDAMDRW(LossMethod):
         beta: float = 0.9999,
         drw_fraction: float = 0.8,
         drw_epoch: int | None = None,
+        sampler: str = "instance",
+        mixup_alpha: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(sampler=sampler, mixup_alpha=mixup_alpha)  # LossMethod's tricks (issue 15)
         if max_margin < 0:
             raise ValueError(f"ldam_drw: max_margin must be >= 0, got {max_margin}")
         if scale <= 0:
@@ -107,6 +115,7 @@ class LDAMDRW(LossMethod):
         self.switch_epoch = 0
 
     def setup(self, info: TrainInfo) -> None:
+        super().setup(info)  # mixup's generator (nothing at mixup_alpha = 0)
         self.switch_epoch = drw_switch_epoch(info.epochs, self.drw_fraction, self.drw_epoch)
         # float64 -> float32 buffers, as the official numpy -> FloatTensor
         margins = ldam_margins(info.class_counts, self.max_margin).to(torch.float32)

@@ -23,6 +23,10 @@ Where ltbench deviates, and why:
   float32 ulp apart).
 * **Protocol.** The shared protocol's backbone, SGD 0.002 with cosine decay and best-validation
   checkpoint replace the official CIFAR ResNet-32, SGD 0.1 (Nesterov) with warm-up and step decay.
+
+Tricks (issue 15; off by default): ``sampler`` and ``mixup_alpha`` (``ltbench.method.LossMethod``). No
+``label_smoothing``: the adjustment's consistency argument is for the hard-label CE; the official
+code has none.
 """
 from __future__ import annotations
 
@@ -67,14 +71,16 @@ def posthoc_adjusted_logits(logits: Tensor, base_probs: Tensor | Sequence[float]
 class LogitAdjustment(LossMethod):
     """Logit adjustment by τ · log prior, in the loss (``mode="loss"``) or post hoc (``"posthoc"``)."""
 
-    def __init__(self, mode: str = "posthoc", tau: float = 1.0) -> None:
-        super().__init__()
+    def __init__(self, mode: str = "posthoc", tau: float = 1.0, sampler: str = "instance",
+                 mixup_alpha: float = 0.0) -> None:
+        super().__init__(sampler=sampler, mixup_alpha=mixup_alpha)  # LossMethod's tricks (issue 15)
         if mode not in MODES:
             raise ValueError(f"logit_adjust: mode must be 'loss' or 'posthoc', got {mode!r}")
         self.mode = mode
         self.tau = tau
 
     def setup(self, info: TrainInfo) -> None:
+        super().setup(info)  # mixup's generator (nothing at mixup_alpha = 0)
         adjustment = log_prior_adjustment(class_prior(info.class_counts), self.tau)
         self.register_buffer("adjustment", adjustment.to(torch.float32).to(info.device))
 

@@ -38,6 +38,10 @@ Where ltbench deviates, and why:
   multi-crop testing; here the shared protocol (SGD 0.002 with cosine decay, the run's backbone and
   augmentation, single-view test) is used, so that methods differ only in their method.
 * ``EXTRA_WEIGHT`` (a per-class multiplier, all ones in every official config) is not exposed.
+
+Tricks (issue 15; off by default): ``sampler`` and ``mixup_alpha`` (``ltbench.method.LossMethod``). No
+``label_smoothing``: the loss is one-vs-all with per-element hard targets and a clip threshold
+derived for them; the official code has none.
 """
 from __future__ import annotations
 
@@ -120,8 +124,10 @@ class MWNL(LossMethod):
         E_min: int = 20,
         E_max: int = 60,
         reference_epochs: int | None = 70,
+        sampler: str = "instance",
+        mixup_alpha: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(sampler=sampler, mixup_alpha=mixup_alpha)  # LossMethod's tricks (issue 15)
         if not 0.0 <= beta <= 0.4:  # the official range check
             raise ValueError(f"mwnl: beta must be in [0, 0.4], got {beta}")
         if gamma < 0:
@@ -146,6 +152,7 @@ class MWNL(LossMethod):
         self.class_counts: tuple[int, ...] = ()
 
     def setup(self, info: TrainInfo) -> None:
+        super().setup(info)  # mixup's generator (nothing at mixup_alpha = 0)
         self.class_counts = tuple(int(n) for n in info.class_counts)
         self.stage_epochs = mwnl_stage_epochs(info.epochs, self.E_min, self.E_max, self.reference_epochs)
         # Weights of the current epoch; set in on_epoch_start (p = 0, all ones, until then).

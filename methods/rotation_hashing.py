@@ -137,6 +137,12 @@ class RotationHashing(Method):
             backbone = add_spatial_attention(backbone, self.reduction_ratio, self.dilations, self.attention_kernel)
         return HashNetwork(backbone, info.num_classes, self.bits)
 
+    def representations(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+        """``feature`` (backbone), ``hash`` (the sigmoid codes u) and ``hash_binary`` (``sign(u − 0.5)``)."""
+        features = model.backbone(images)
+        codes = torch.sigmoid(model.hash_layer(features))
+        return {"feature": features, "hash": codes, "hash_binary": binary_codes(codes)}
+
     def training_step(self, model: nn.Module, batch: Batch) -> StepResult:
         images, labels = batch.views[0], batch.labels
         logits = model(images)  # the CE pass; then one pass per rotated view, as train.py

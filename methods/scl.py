@@ -114,6 +114,11 @@ class TwoStageContrastive(Method):
     def build_model(self, backbone: Backbone, info: TrainInfo) -> nn.Module:
         return SupConNetwork(backbone, info.num_classes, self.dim)
 
+    def representations(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+        """``feature`` (backbone) and ``embedding`` (the L2-normalised projection head), for retrieval."""
+        features = model.backbone(images)
+        return {"feature": features, "embedding": model.head(features)}
+
     def stages(self, info: TrainInfo) -> list[Stage]:
         stream = ((self.representation_sampler, CONTRASTIVE),)
         if self.joint:

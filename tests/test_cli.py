@@ -274,7 +274,8 @@ def test_bench_writes_report_and_a_rerun_trains_nothing(tmp_path):
                  "split.csv"):
         assert (out / name).is_file(), name
     result = json.loads((out / "runs" / "focal" / "seed1.json").read_text())
-    assert result["method_params"] == {"gamma": 1.0, "class_weights": None}
+    assert result["method_params"] == {"gamma": 1.0, "class_weights": None, "label_smoothing": 0.0,
+                                       "mixup_alpha": 0.0, "sampler": "instance"}
     assert len(result["history"]) == 2 and result["split"]["hash"]
     leak = result["split"]["lesion_leak"]  # synthetic images come in "lesions" of 1-3
     assert leak["test_lesions"] > 0 and leak["test_lesions_also_in_train"] == 0

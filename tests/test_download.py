@@ -218,3 +218,22 @@ def test_isic2018_ground_truth_zips_are_lifted_into_the_layout(tmp_path: Path) -
         download("isic2018", tmp_path, base=srv.url, progress=False, echo=_quiet)
     s = load_isic2018(tmp_path)
     assert len(s) == 21 and sorted(set(s.official_split)) == ["test", "train", "val"]
+
+
+@pytest.mark.parametrize("wrong", ["size", "md5"])
+def test_a_file_put_there_by_hand_is_checked_refused_and_kept(tmp_path: Path, wrong: str) -> None:
+    """The catalogue's size/MD5 also check a file the user put in place (no server is contacted)."""
+    data = official_2019()["2019/ISIC_2019_Training_Input.zip"]
+    good = replace(CATALOGUE["isic2019"][0], size=len(data), md5=hashlib.md5(data).hexdigest())
+    bad = replace(good, size=len(data) + 1) if wrong == "size" else replace(good, md5="f" * 32)
+    placed = tmp_path / good.name
+    placed.write_bytes(data)
+    nowhere = "http://127.0.0.1:9"  # the discard port: any request would fail
+    expected = (rf"{len(data):,} bytes, expected {len(data) + 1:,}" if wrong == "size"
+                else rf"md5 {hashlib.md5(data).hexdigest()} does not match the expected f{{32}}")
+    with pytest.raises(LtbenchError, match=rf"{good.name}: {expected}; kept for inspection at {placed}"):
+        download("isic2019", tmp_path, base=nowhere, catalogue=(bad,), progress=False, echo=_quiet)
+    assert placed.read_bytes() == data and not (tmp_path / "ISIC_2019_Training_Input").exists()
+    download("isic2019", tmp_path, base=nowhere, catalogue=(good,), progress=False, echo=_quiet)
+    assert len(list((tmp_path / "ISIC_2019_Training_Input").glob("*.jpg"))) == len(IDS)
+

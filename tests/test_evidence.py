@@ -122,3 +122,15 @@ def test_majority_baseline():
     out = ev.majority_baseline([5, 20, 10], np.array([0, 1, 1, 2]))
     assert out["acc"] == 50.0 and out["sen"] == pytest.approx(100 / 3)
     assert out["auc"] == 50.0
+
+
+def test_resampled_class_recall_is_the_per_class_recall_of_each_resample():
+    labels, probs = _random_run(np.random.default_rng(7))
+    ones = np.ones((1, labels.size), dtype=np.int32)
+    want = compute_metrics(labels, probs, ["a", "b", "c", "d"])["per_class"]["recall"]
+    np.testing.assert_allclose(ev.resampled_class_recall(labels, probs, ones)[0], want, atol=1e-9)
+    counts = ev.stratified_bootstrap_counts(labels, 20, seed=1)
+    per_class = ev.resampled_class_recall(labels, probs, counts)
+    assert per_class.shape == (20, 4)
+    # their mean over classes is the resampled Sen
+    np.testing.assert_allclose(per_class.mean(axis=1), ev.resampled_metrics(labels, probs, counts)["sen"])

@@ -147,3 +147,32 @@ def test_selecting_by_group_acc_uses_the_validation_group_metric():
                   progress=False).fit(create_method("ce"), data.bundle)
     assert "group_acc" in run.val and "group_acc" in run.test
     assert run.test["groups"]["head"] == [data.bundle.class_names[int(np.argmax(data.bundle.counts(data.bundle.train)))]]
+
+
+# ------------------------------------------------------------------------------ the command line
+
+
+def test_set_reaches_the_run_and_its_result_file(capsys, monkeypatch, tmp_path):
+    import json
+
+    from tests.test_cli import run_inline
+
+    proc = run_inline("train", "--method", "ce", "--dataset", "synthetic", "--epochs", "2", "--set", "optimizer=adam",
+                      "--set", "lr=3e-4", "--set", "lr_schedule=step", "--set", "lr_milestones=[1]",
+                      "--out", str(tmp_path / "out"), capsys=capsys, monkeypatch=monkeypatch, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "optimizer=adam" in proc.stdout  # the settings line names what is not a default
+    result = json.loads((tmp_path / "out" / "runs" / "ce" / "seed0.json").read_text())
+    assert [h["lr"] for h in result["history"]] == [3e-4, pytest.approx(3e-5)]
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (("--set", "optimizer=lamb"), ("--set optimizer=lamb", "choose one of sgd, adam")),
+    (("--set", "warmup"), ("--set 'warmup'", "expected KEY=VALUE")),
+    (("--set", "nope=1"), ("--set nope=1", "not a training setting")),
+])
+def test_bad_set_is_one_line(args, fragments, capsys, monkeypatch, tmp_path):
+    from tests.test_cli import assert_one_line_error, run_inline
+
+    proc = run_inline("train", "--method", "ce", *args, capsys=capsys, monkeypatch=monkeypatch, cwd=tmp_path)
+    assert_one_line_error(proc, *fragments)

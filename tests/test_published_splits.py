@@ -98,7 +98,7 @@ def test_flexsampling_bad_files(isic2019: ImageSet, flex_dir: Path, tmp_path: Pa
 def test_flexsampling_14_class_needs_its_images(isic2019: ImageSet, flex_dir: Path) -> None:
     from ltbench.data.published_splits import read_flexsampling_split
 
-    with pytest.raises(LtbenchError, match="14-class split needs a dataset"):
+    with pytest.raises(LtbenchError, match="14-class split is made of the image set flexsampling14_image_set builds"):
         read_flexsampling_split(isic2019, flex_dir, ratio=None)
 
 

@@ -124,15 +124,25 @@ def test_summary_md(results, tmp_path):
         ["Method", "Acc", "Sen", "Pre", "F1", "AUC", "Head", "Medium", "Tail"]
     rows = md_rows(text)
     ce, ldam = rows["ce"], rows["ldam_drw"]
-    assert ce[0] == "82.00 ± 2.00"                   # acc: ldam best
-    assert ldam[0] == "**86.00** ± 1.00"
-    assert ce[1] == "**70.00** ± 0.00"              # sen: ce best
-    assert ldam[1] == "65.00 ± 5.00"
-    assert ce[2] == "**62.00** ± 2.00" and ldam[2] == "61.00 ± 0.00"
-    assert ce[4] == "91.00 ± 1.00" and ldam[4] == "**93.00** ± 0.00"
-    assert ce[5].startswith("**92.00**")             # head recall
-    assert ldam[7].startswith("**61.00**")           # tail recall
-    assert sum(cell.startswith("**") for row in rows.values() for cell in row) == 8
+    assert ce[0] == "82.00 ± 2.00"
+    assert ldam[0] == "86.00 ± 1.00"
+    assert ce[1] == "70.00 ± 0.00" and ldam[1] == "65.00 ± 5.00"
+    assert ce[4] == "91.00 ± 1.00" and ldam[4] == "93.00 ± 0.00"
+    # these results have no saved probabilities: no paired test, so no value is bold (issue 12)
+    assert not any(cell.startswith("**") for row in rows.values() for cell in row)
+    assert "Bold: a column's best mean, only when a paired bootstrap" in text
+
+
+def test_markdown_table_bolds_the_rows_it_is_given_and_by_default_the_best(results):
+    from ltbench.report import markdown_table
+
+    summary = summarize(results)
+    default = md_rows(markdown_table(summary))
+    assert default["ldam_drw"][0] == "**86.00** ± 1.00" and default["ce"][1] == "**70.00** ± 0.00"
+    assert sum(cell.startswith("**") for row in default.values() for cell in row) == 8
+    chosen = md_rows(markdown_table(summary, {"acc": {"ldam_drw"}}))
+    assert chosen["ldam_drw"][0] == "**86.00** ± 1.00"
+    assert sum(cell.startswith("**") for row in chosen.values() for cell in row) == 1
 
 
 def test_summary_csv_numbers(results, tmp_path):
@@ -149,7 +159,7 @@ def test_summary_tex(results, tmp_path):
     for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{tabular}"):
         assert rule in tex
     assert r"ldam\_drw" in tex and "ldam_drw" not in tex.replace(r"ldam\_drw", "")
-    assert r"\textbf{86.00} $\pm$ 1.00" in tex
+    assert r"86.00 $\pm$ 1.00" in tex and r"\textbf" not in tex  # no arrays: nothing tested, nothing bold
     assert r"82.00 $\pm$ 2.00" in tex
     assert latex_escape("a_b&c%") == r"a\_b\&c\%"
 

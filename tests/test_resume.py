@@ -144,6 +144,7 @@ def comparable(out: Path) -> dict:
     for path in sorted(out.glob("runs/*/*.json")):
         result = json.loads(path.read_text())
         result.pop("wall_time_s")
+        result.pop("memory", None)  # peak memory of the process: differs between attempts
         result["history"] = untimed(result["history"])
         found[str(path.relative_to(out))] = result
     for path in sorted(out.glob("runs/*/*.npz")):

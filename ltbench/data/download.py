@@ -8,10 +8,15 @@ be replaced with the environment variable ``LTBENCH_DOWNLOAD_URL`` (``<base>/<ye
 Each file is fetched into ``DIR/<file>.part`` with a progress bar (tqdm, on a terminal), resumed
 with an HTTP ``Range`` request when a ``.part`` is already there, checked, then renamed to
 ``DIR/<file>``. Checks: the byte count the server declared (``Content-Length`` / ``Content-Range``),
-and the size and MD5 kept in :data:`CATALOGUE` where they are known. **No official size or checksum
-of these archives was found in any source available when this was written (the ISIC site publishes
-none), so the catalogue stores none and only the server's declared size is checked; it never holds a
-guessed value.** A file that fails a check is refused and kept for inspection (the message names it;
+and the size and MD5 kept in :data:`CATALOGUE` where they are known. **No exact size or checksum of
+these files is published anywhere we could find**: the ISIC challenge site's data page gives sizes
+rounded to two or three digits (``Download (9.1GB)``; ImageMarkup/stade,
+``stade/core/templates/data/2018.html`` and ``2019.html``), which the catalogue keeps as ``approx``
+for ``--dry-run`` only (too coarse to check a file against: "1MB" for a 1.29 MB CSV); FLamby's
+``fed_isic2019`` download script (owkin/FLamby, ``flamby/datasets/fed_isic2019/dataset_creation_scripts/
+download_isic.py``) checks only that the zip opens; no other public download script or dataset wrapper
+we found pins a checksum. So only the server's declared size is checked, and the catalogue never holds
+a guessed value. A file that fails a check is refused and kept for inspection (the message names it;
 delete it to download again). Zips are then extracted into ``DIR`` in the official layout (the
 layout ``ltbench.data.isic`` reads), refusing the whole archive if any entry is an absolute path or
 climbs out of ``DIR`` (``../``); the ground-truth CSVs that the 2018 zips keep in a folder are
@@ -52,7 +57,7 @@ class Archive:
     what: str
     size: int | None = None  # bytes; None: not published (the server's declared size is checked)
     md5: str | None = None  # None: not published
-    approx: str = ""  # a rough size for --dry-run when the exact one is unknown (never checked)
+    approx: str = ""  # the ISIC site's rounded size, shown by --dry-run when the exact one is unknown (never checked)
 
     def url(self, base: str) -> str:
         return f"{base.rstrip('/')}/{self.year}/{self.name}"
@@ -62,22 +67,23 @@ class Archive:
         return self.name.endswith(".zip")
 
 
-# The files ltbench's loaders read (ltbench/data/isic.py). Sizes/MD5: none published (see module doc).
-# approx: ISIC 2019 input ≈ 9,318 MiB as seen by a public download-monitor script; the others unknown.
+# The files ltbench's loaders read (ltbench/data/isic.py). Exact sizes/MD5: none published (module doc).
+# approx: the sizes the ISIC challenge site's data page shows, rounded as it rounds them — ImageMarkup/stade
+# stade/core/templates/data/2019.html (commit 2045a900) and data/2018.html (commit bc36a40b).
 CATALOGUE: dict[str, tuple[Archive, ...]] = {
     "isic2019": (
-        Archive("ISIC_2019_Training_Input.zip", "2019", "training images (25,331 JPEGs)", approx="about 9.1 GiB"),
-        Archive("ISIC_2019_Training_GroundTruth.csv", "2019", "training labels"),
-        Archive("ISIC_2019_Training_Metadata.csv", "2019", "training metadata (lesion ids)"),
+        Archive("ISIC_2019_Training_Input.zip", "2019", "training images (25,331 JPEGs)", approx="9.1GB"),
+        Archive("ISIC_2019_Training_GroundTruth.csv", "2019", "training labels", approx="1MB"),
+        Archive("ISIC_2019_Training_Metadata.csv", "2019", "training metadata (lesion ids)", approx="1MB"),
     ),
     "isic2018": (
-        Archive("ISIC2018_Task3_Training_Input.zip", "2018", "Task 3 training images (10,015 JPEGs)"),
-        Archive("ISIC2018_Task3_Training_GroundTruth.zip", "2018", "Task 3 training labels"),
-        Archive("ISIC2018_Task3_Training_LesionGroupings.csv", "2018", "Task 3 training lesion ids"),
-        Archive("ISIC2018_Task3_Validation_Input.zip", "2018", "Task 3 validation images (193)"),
-        Archive("ISIC2018_Task3_Validation_GroundTruth.zip", "2018", "Task 3 validation labels"),
-        Archive("ISIC2018_Task3_Test_Input.zip", "2018", "Task 3 test images (1,512)"),
-        Archive("ISIC2018_Task3_Test_GroundTruth.zip", "2018", "Task 3 test labels"),
+        Archive("ISIC2018_Task3_Training_Input.zip", "2018", "Task 3 training images (10,015 JPEGs)", approx="2.6GB"),
+        Archive("ISIC2018_Task3_Training_GroundTruth.zip", "2018", "Task 3 training labels", approx="36KB"),
+        Archive("ISIC2018_Task3_Training_LesionGroupings.csv", "2018", "Task 3 training lesion ids", approx="481KB"),
+        Archive("ISIC2018_Task3_Validation_Input.zip", "2018", "Task 3 validation images (193)", approx="51MB"),
+        Archive("ISIC2018_Task3_Validation_GroundTruth.zip", "2018", "Task 3 validation labels", approx="7KB"),
+        Archive("ISIC2018_Task3_Test_Input.zip", "2018", "Task 3 test images (1,512)", approx="401MB"),
+        Archive("ISIC2018_Task3_Test_GroundTruth.zip", "2018", "Task 3 test labels", approx="16KB"),
     ),
 }
 
@@ -108,8 +114,8 @@ def dry_run_lines(dataset: str, to: Path, base: str | None = None) -> list[str]:
     base = base or base_url()
     lines = []
     for a in archives(dataset):
-        size = _human(a.size) if a.size is not None else (f"{a.approx}, exact size not published" if a.approx
-                                                          else "size not published")
+        size = _human(a.size) if a.size is not None else (f"{a.approx} (ISIC site, rounded; exact size not published)"
+                                                          if a.approx else "size not published")
         check = f"md5 {a.md5}" if a.md5 else "server's declared size only (no published checksum)"
         then = f"extract into {to}" if a.is_zip else f"keep as {to / a.name}"
         lines.append(f"{a.name:45s} {size}; check: {check}; {a.what}; {a.url(base)} -> {then}")

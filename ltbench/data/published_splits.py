@@ -19,13 +19,32 @@ only *checked* against it, and the first disagreement is refused, naming the fil
 both labels. All three splits are image-level and leak lesions between train and test (the run
 reports the leak, ``splits.leak_report``).
 
-The 14-class FlexSampling set includes ISIC-archive images that are not in the ISIC 2019 training
-set and 6 classes that its ground truth does not have; it can only be read for an image set that
-holds those images with FlexSampling's 14 class names (ltbench has no such dataset yet), and is
-refused otherwise with the first missing image named.
+**The 14-class FlexSampling set** (``14-class/``: ``train.npy``, ``val.npy``, ``test.npy``, ``dic.csv``
+and ``additional_data_isic_metadata.csv`` = upstream's ``additional data.csv``, the ISIC-archive
+metadata of the images it adds) is not a split of ISIC 2019 but of another image set:
+:func:`flexsampling14_image_set` builds it from the ISIC 2019 training set —
+
+* ISIC 2019 images keep their ground-truth class, refined by the archive diagnosis where the
+  metadata file has one (BKL -> seborrheic keratosis / solar lentigo; BCC, AK, SCC, VASC and DF ->
+  the archive's name of the same class); a BKL image without one stays ``BKL``. The 1,099 BKL
+  images diagnosed "pigmented benign keratosis" have no 14-class label and are left out, as
+  FlexSampling leaves them out. A diagnosis that contradicts the ground-truth column is refused.
+* plus the images of ``dic.csv`` that ISIC 2019 does not have (788 in the published files: 532
+  seborrheic keratoses, 70 BCC, 61 solar lentigines, 32 lichenoid keratoses, 28 SCC, 27 lentigines
+  simplex, 15 angiomas, 14 atypical melanocytic proliferations, 7 DF, 2 AK; 59 of them clinical, not
+  dermoscopic, photographs), labelled by their archive diagnosis. Upstream fetched them from the
+  ISIC archive API and saved them resized to 384×384 (its ``download_additional_image`` notebook);
+  ltbench reads them as ``<id>.jpg`` from ``DATA_ROOT/ISIC_Archive_Additional_Input/`` (or among the
+  ISIC 2019 images) at whatever size they have, and refuses, in one line naming them, to run while
+  any is missing.
+
+Class ids of that set are FlexSampling's numbering (:data:`FLEX_14_CLASSES`): no official
+14-class ground truth exists to take an order from. ``dic.csv`` is then checked image by image
+against the labels derived above, as for the 8-class files.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +62,24 @@ FLEX_8_CLASSES = ("NV", "MEL", "BCC", "BKL", "AK", "SCC", "VASC", "DF")
 FLEX_14_CLASSES = ("NV", "MEL", "basal cell carcinoma", "seborrheic keratosis", "actinic keratosis",
                    "squamous cell carcinoma", "BKL", "solar lentigo", "vascular lesion", "dermatofibroma",
                    "lichenoid keratosis", "lentigo simplex", "angioma", "atypical melanocytic proliferation")
+# 14-class set: the archive metadata file (ours, then upstream's name) and where its extra images go.
+FLEX14_METADATA = ("additional_data_isic_metadata.csv", "additional data.csv")
+FLEX14_EXTRA_FOLDER = "ISIC_Archive_Additional_Input"
+FLEX14_DIAGNOSIS_COLUMN = "meta.clinical.diagnosis"
+FLEX14_LESION_COLUMN = "meta.clinical.lesion_id"
+# An ISIC 2019 image without an archive diagnosis: its ground-truth column's 14-class name.
+FLEX14_OF_COLUMN = {"NV": "NV", "MEL": "MEL", "BCC": "basal cell carcinoma", "AK": "actinic keratosis",
+                    "BKL": "BKL", "DF": "dermatofibroma", "VASC": "vascular lesion", "SCC": "squamous cell carcinoma"}
+# The ISIC 2019 column each archive diagnosis belongs to (ISIC 2019's class definitions: BKL = solar
+# lentigo / seborrheic keratosis / lichen planus-like keratosis; VASC includes angiomas). None: no
+# ISIC 2019 column (only extra images carry it). Used to refuse a diagnosis contradicting the ground truth.
+FLEX14_COLUMN_OF = {"basal cell carcinoma": "BCC", "seborrheic keratosis": "BKL", "actinic keratosis": "AK",
+                    "squamous cell carcinoma": "SCC", "solar lentigo": "BKL", "vascular lesion": "VASC",
+                    "dermatofibroma": "DF", "lichenoid keratosis": "BKL", "angioma": "VASC",
+                    "lentigo simplex": None, "atypical melanocytic proliferation": None}
+# Archive diagnoses FlexSampling's 14 classes leave out (ISIC 2019 BKL images; 1,099 in the published set).
+FLEX14_LEFT_OUT = ("pigmented benign keratosis",)
+FLEX14_KIND = "flexsampling (14 classes)"
 FLAMBY_FILE = "train_test_split.csv"
 FLAMBY_VAL_FRACTION = 0.2
 LEAK_NOTE = "image-level split: lesions leak between parts"
@@ -77,7 +114,7 @@ def flexsampling_files(split_dir: Path, ratio: int | None) -> tuple[dict[str, Pa
                 raise LtbenchError(f"{labels}: FlexSampling label file not found (image,label per row)")
             return files, labels, names
     what = f"train{suffix}.npy, val{suffix}.npy and test{suffix}.npy"
-    hint = "" if ratio is not None else " (the 14-class split; for the 8-class ones give --ratio 100, 200 or 500)"
+    hint = "" if ratio is not None else " (the 14-class split, --classes 14; the 8-class ones: --ratio 100, 200 or 500)"
     raise LtbenchError(f"--split-dir {split_dir}: expected {what} there or in {sub}/{hint}")
 
 
@@ -136,6 +173,108 @@ def _rows(image_set: ImageSet, index: dict[str, int], names: list[str], path: Pa
     return np.sort(rows)
 
 
+def _flex14_metadata(folder: Path) -> Path:
+    for name in FLEX14_METADATA:
+        if (folder / name).is_file():
+            return folder / name
+    raise LtbenchError(f"{folder}: {FLEX14_METADATA[0]} (the ISIC-archive metadata of the 14-class split's images, "
+                       f"upstream's '{FLEX14_METADATA[1]}') not found")
+
+
+def _flex14_label(image: str, line: int, diagnosis: str, column: str | None, meta: Path) -> str | None:
+    """The 14-class name of one image (None: left out), from its archive diagnosis and ISIC 2019 column."""
+    if diagnosis in FLEX14_LEFT_OUT:
+        return None
+    if not diagnosis:
+        if column is None:
+            raise LtbenchError(f"{meta}: image {image} (an image of the 14-class split outside ISIC 2019) has no "
+                               "diagnosis; its label cannot be derived")
+        return FLEX14_OF_COLUMN[column]
+    if diagnosis not in FLEX14_COLUMN_OF:
+        raise LtbenchError(f"{meta}: image {image} (line {line}) has diagnosis {diagnosis!r}, which none of "
+                           f"FlexSampling's 14 classes names")
+    if column is not None and FLEX14_COLUMN_OF[diagnosis] != column:
+        raise LtbenchError(f"{meta}: image {image} (line {line}) has diagnosis {diagnosis!r} but "
+                           f"ISIC_2019_Training_GroundTruth.csv labels it {column}")
+    return diagnosis
+
+
+def _find_images(ids: list[str], folders: list[Path]) -> tuple[list[Path | None], list[str]]:
+    """``<id>.jpg`` in the first folder holding it (one listdir per folder); the ids found nowhere."""
+    listed = [(f, set(os.listdir(f))) for f in folders if f.is_dir()]
+    paths = [next((f / f"{i}.jpg" for f, names in listed if f"{i}.jpg" in names), None) for i in ids]
+    return paths, [i for i, p in zip(ids, paths) if p is None]
+
+
+def flexsampling14_image_set(image_set: ImageSet, split_dir: Path, data_root: Path | None = None) -> ImageSet:
+    """The image set of FlexSampling's 14-class split, built from the ISIC 2019 training set (module doc).
+
+    ``image_set``: ISIC 2019 as ``ltbench.data.isic.load_isic2019`` reads it; ``data_root``: where the
+    extra ISIC-archive images are looked for (``ISIC_Archive_Additional_Input/``, then
+    ``ISIC_2019_Training_Input/``; default: the folder above the ISIC 2019 images). Labels come from
+    the ground truth and the archive metadata, never from ``dic.csv`` (which is checked against them
+    by :func:`read_flexsampling_split`).
+    """
+    from ltbench.data.isic import ISIC2019_COLUMNS
+
+    if list(image_set.class_names) != ISIC2019_COLUMNS[:8] or image_set.paths is None:
+        raise LtbenchError(f"--classes 14: FlexSampling's 14-class split is built on ISIC 2019 (--dataset isic2019); "
+                           f"this dataset's classes are {', '.join(image_set.class_names)}")
+    files, label_file, names = flexsampling_files(Path(split_dir), None)
+    meta_path = _flex14_metadata(label_file.parent)
+    meta = read_csv(meta_path, ["name", FLEX14_DIAGNOSIS_COLUMN])
+    meta_line = {n: k + 2 for k, n in enumerate(meta["name"])}
+    diagnosis = dict(zip(meta["name"], meta[FLEX14_DIAGNOSIS_COLUMN]))
+    lesion = dict(zip(meta["name"], meta[FLEX14_LESION_COLUMN])) if FLEX14_LESION_COLUMN in meta.columns else {}
+    index = {i: r for r, i in enumerate(image_set.ids)}
+
+    keep, labels, left_out = [], [], 0
+    for r, i in enumerate(image_set.ids):
+        name = _flex14_label(i, meta_line.get(i, 0), diagnosis.get(i, ""), image_set.class_names[image_set.labels[r]],
+                             meta_path)
+        if name is None:
+            left_out += 1
+        else:
+            keep.append(r)
+            labels.append(names.index(name))
+    listed = read_csv(label_file, ["image", "label"])["image"].map(_image_id).tolist()
+    extra = [i for i in dict.fromkeys(listed) if i not in index]
+    for i in extra:
+        if i not in diagnosis:
+            raise LtbenchError(f"{label_file}: image {i} is neither in ISIC_2019_Training_GroundTruth.csv nor in "
+                               f"{meta_path.name}; its label cannot be derived")
+        name = _flex14_label(i, meta_line[i], diagnosis[i], None, meta_path)
+        if name is None:
+            raise LtbenchError(f"{label_file}: image {i} has diagnosis {diagnosis[i]!r} ({meta_path.name}), which "
+                               "FlexSampling's 14 classes leave out")
+        labels.append(names.index(name))
+
+    root = Path(data_root) if data_root is not None else Path(image_set.paths[0]).parent.parent
+    folders = [root / FLEX14_EXTRA_FOLDER, root / "ISIC_2019_Training_Input"]
+    extra_paths, missing = _find_images(extra, folders)
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise LtbenchError(
+            f"--classes 14: {len(missing)} of the {len(extra)} ISIC-archive images that FlexSampling's 14-class split "
+            f"adds to ISIC 2019 are not in the data folder ({shown}); download them from the ISIC archive "
+            f"(https://www.isic-archive.com, by image id) as <id>.jpg into {folders[0]} (the list: the images of "
+            f"{label_file} that ISIC_2019_Training_GroundTruth.csv lacks)")
+
+    groups = None
+    if image_set.groups is not None or lesion:
+        base = np.asarray(image_set.groups, dtype=object)[keep] if image_set.groups is not None else [None] * len(keep)
+        groups = np.array(list(base) + [lesion.get(i) or None for i in extra], dtype=object)
+    return ImageSet(
+        ids=[image_set.ids[r] for r in keep] + extra,
+        labels=np.array(labels, dtype=np.int64),
+        class_names=list(names),
+        paths=[image_set.paths[r] for r in keep] + extra_paths,
+        groups=groups,
+        description=(f"FlexSampling's 14-class set: {image_set.description} ({len(keep)} images; {left_out} "
+                     f"'pigmented benign keratosis' left out) + {len(extra)} ISIC-archive images"),
+    )
+
+
 def read_flexsampling_split(image_set: ImageSet, split_dir: Path, ratio: int | None = 100) -> Split:
     """FlexSampling's split at imbalance ``ratio`` (100, 200, 500), or its 14-class split (``None``)."""
     files, label_file, names = flexsampling_files(Path(split_dir), ratio)
@@ -143,8 +282,8 @@ def read_flexsampling_split(image_set: ImageSet, split_dir: Path, ratio: int | N
     if missing_names or len(names) != image_set.num_classes:
         raise LtbenchError(
             f"{label_file}: its classes ({', '.join(names)}) are not the dataset's ({', '.join(image_set.class_names)})"
-            + ("; the 14-class split needs a dataset with FlexSampling's 14 classes and extra ISIC-archive images"
-               if ratio is None else ""))
+            + ("; the 14-class split is made of the image set flexsampling14_image_set builds (ltbench: "
+               "--split flexsampling --classes 14 on --dataset isic2019)" if ratio is None else ""))
     check_label_file(image_set, label_file, names)
     index = {i: r for r, i in enumerate(image_set.ids)}
     hint = "; the 14-class split includes ISIC-archive images outside ISIC 2019" if ratio is None else ""
@@ -153,7 +292,8 @@ def read_flexsampling_split(image_set: ImageSet, split_dir: Path, ratio: int | N
                "ratio": ratio, "classes": 8 if ratio is not None else 14,
                "source": "FlexSampling (Ju et al., MICCAI 2022), github.com/PyJulie/FlexSampling dataset/",
                "note": LEAK_NOTE}
-    return Split(**rows, kind="flexsampling", details=details)
+    # The 14-class split is of another image set (14 classes, extra images): its name says so everywhere.
+    return Split(**rows, kind="flexsampling" if ratio is not None else FLEX14_KIND, details=details)
 
 
 # --------------------------------------------------------------------------------------- FLamby

@@ -367,11 +367,7 @@ class RandAugmentView(torch.nn.Module):
         """``augment(images, generator, sizes=None)``, the signature of every preset."""
         x = self.randaugment(self.base(images, generator, sizes=sizes), generator)
         # The same fused (x − mean)/std as BatchAugment, so RandAugment off gives its bits.
-        mean = torch.tensor(self.mean, dtype=torch.float64).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float64).view(1, -1, 1, 1)
-        scale = (1.0 / std).to(device=x.device, dtype=x.dtype)
-        bias = (-mean / std).to(device=x.device, dtype=x.dtype)
-        return torch.addcmul(bias, x, scale)
+        return _augment.normalise(x, self.mean, self.std)
 
 
 @_augment.register_augmentation("randaugment")

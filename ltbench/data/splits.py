@@ -33,13 +33,21 @@ def make_split(
     split_file: Path | None = None,
     dataset_name: str | None = None,
     ratio: int | None = None,
+    classes: int | None = None,
 ) -> Split:
     """Split ``image_set`` by ``kind`` (one of :data:`KINDS`) and check every class is in every part.
 
     ``ratio``: FlexSampling's imbalance ratio (100, 200, 500; default 100; ``flexsampling`` only).
+    ``classes``: FlexSampling's class set, 8 (default) or 14; the 14-class split is made of the image
+    set :func:`image_set_for_split` returns, not of ISIC 2019 itself.
     """
     if ratio is not None and kind != "flexsampling":
         raise LtbenchError(f"--ratio {ratio}: applies to --split flexsampling only (the split is {kind!r})")
+    if classes is not None and kind != "flexsampling":
+        raise LtbenchError(f"--classes {classes}: applies to --split flexsampling only (the split is {kind!r})")
+    if classes == 14 and ratio is not None:
+        raise LtbenchError(f"--ratio {ratio}: FlexSampling's 14-class split has no imbalance ratio (one train/val/test "
+                           "set with its natural profile); drop --ratio, or use --classes 8")
     if kind == "grouped":
         split = _kfold_split(image_set, seed, grouped=True)
     elif kind == "stratified":
@@ -61,13 +69,32 @@ def make_split(
         if split_dir is None:
             raise LtbenchError(f"--split {kind} needs --split-dir (the folder of its split files)")
         if kind == "flexsampling":
-            split = published_splits.read_flexsampling_split(image_set, Path(split_dir), 100 if ratio is None else ratio)
+            ratio = None if classes == 14 else (100 if ratio is None else ratio)
+            split = published_splits.read_flexsampling_split(image_set, Path(split_dir), ratio)
         else:
             split = published_splits.read_flamby_split(image_set, Path(split_dir), seed)
     else:
         raise LtbenchError(f"--split: unknown kind {kind!r} (choose from {', '.join(KINDS)})")
     split.check(image_set)
     return split
+
+
+def image_set_for_split(image_set: ImageSet, kind: str, split_dir: Path | None = None, classes: int | None = None,
+                        data_root: Path | None = None) -> ImageSet:
+    """The image set a split is made of: ``image_set`` itself, except for FlexSampling's 14-class split.
+
+    That one (``kind="flexsampling"``, ``classes=14``) splits ISIC 2019 relabelled into FlexSampling's
+    14 classes plus the ISIC-archive images it adds (``published_splits.flexsampling14_image_set``;
+    ``data_root`` is where those images are looked for).
+    """
+    if kind != "flexsampling" or classes != 14:
+        return image_set
+    from ltbench.data import published_splits
+
+    if split_dir is None:
+        raise LtbenchError("--split flexsampling needs --split-dir (the folder of its split files)")
+    return published_splits.flexsampling14_image_set(image_set, Path(split_dir),
+                                                     Path(data_root).expanduser() if data_root else None)
 
 
 # ------------------------------------------------------------------------------- k-fold (3:1:1)

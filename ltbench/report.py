@@ -117,13 +117,24 @@ def _metric_keys(results: list[dict]) -> list[str]:
     keys = list(HEADLINE)
     if any("group_recall" in r["test"] for r in results):
         keys += [f"{g}_recall" for g in GROUPS]
+        if any(_uses_group_acc(r) for r in results):
+            keys.append("group_acc")
     return keys
+
+
+def _uses_group_acc(result: dict) -> bool:
+    """A run selected by, or grouped for, MONICA's headline metric (benchmarks/isic2019-monica.yaml)."""
+    config = result.get("config", {})
+    return config.get("select_metric") == "group_acc" or bool(config.get("group_sizes"))
 
 
 def _metric(result: dict, key: str) -> float:
     test = result["test"]
     if key.endswith("_recall"):
         value = test.get("group_recall", {}).get(key[: -len("_recall")])
+    elif key == "group_acc" and "group_acc" not in test:  # results written before the key existed
+        recalls = [v for v in test.get("group_recall", {}).values() if v is not None and not math.isnan(v)]
+        value = float(np.mean(recalls)) if recalls else None
     else:
         value = test[key]
     return math.nan if value is None else float(value)
@@ -174,6 +185,7 @@ def _context(results: list[dict]) -> dict[str, str]:
         "batch_size": values(lambda r: r.get("config", {}).get("batch_size", "?")),
         "lr": values(lambda r: r.get("config", {}).get("lr", "?")),
         "select_metric": values(lambda r: r.get("config", {}).get("select_metric", "acc")),
+        "protocol": values(_protocol_options),
         "seeds": values(lambda r: r["seed"]),
         "leak": values(lambda r: leak_text(r.get("split", {}).get("lesion_leak"))),
         "runs": str(len(results)),
@@ -203,11 +215,34 @@ def _natural_key(text: str) -> tuple:
     return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text))
 
 
+def _protocol_options(result: dict) -> str:
+    """The optimiser and schedule, and any other result-changing setting away from its default."""
+    from ltbench.config import train_settings
+
+    config = result.get("config", {})
+    optimizer = config.get("optimizer", "sgd")
+    text = (f"{optimizer} (momentum {config.get('momentum', 0.9)}" if optimizer == "sgd"
+            else f"{optimizer} (betas {tuple(config.get('betas', (0.9, 0.999)))}")
+    text += f", weight decay {config.get('weight_decay', 1e-4)}), {config.get('lr_schedule', 'cosine')} lr"
+    shown = {"backbone", "pretrained", "image_size", "epochs", "batch_size", "lr", "select_metric", "optimizer",
+             "momentum", "betas", "weight_decay", "lr_schedule", "device", "seed", "eval_batch_size"}
+    for key, setting in train_settings().items():
+        if key in shown or key not in config:
+            continue
+        default = setting.default
+        value = config[key]
+        if (list(value) if isinstance(value, (list, tuple)) else value) != (
+                list(default) if isinstance(default, (list, tuple)) else default):
+            text += f", {key} {value}"
+    return text
+
+
 def _header_line(ctx: dict[str, str]) -> str:
     # Every setting that changes results, so a table is never read without its protocol.
     return (f"Dataset: {ctx['dataset']} · split: {ctx['split_kind']} ({ctx['split_hash']}) · "
             f"backbone: {ctx['backbone']} · pretrained: {ctx['pretrained']} · image size: {ctx['image_size']} · "
             f"epochs: {ctx['epochs']} · batch: {ctx['batch_size']} · lr: {ctx['lr']} · "
+            f"optimiser: {ctx.get('protocol', '?')} · "
             f"best checkpoint by val {ctx['select_metric']} · seeds: {ctx['seeds']}")
 
 
@@ -217,6 +252,8 @@ def _columns(summary: pd.DataFrame) -> list[tuple[str, str]]:
     """(metric key, column title) of the metric columns present in ``summary``."""
     cols = [(k, HEADLINE_LABELS[k]) for k in HEADLINE]
     cols += [(f"{g}_recall", GROUP_LABELS[g]) for g in GROUPS if f"{g}_recall_mean" in summary]
+    if "group_acc_mean" in summary:  # MONICA's headline "accuracy": the mean of the three group means
+        cols.append(("group_acc", "Group-mean acc (MONICA)"))
     return cols
 
 

@@ -176,3 +176,24 @@ def test_bad_set_is_one_line(args, fragments, capsys, monkeypatch, tmp_path):
 
     proc = run_inline("train", "--method", "ce", *args, capsys=capsys, monkeypatch=monkeypatch, cwd=tmp_path)
     assert_one_line_error(proc, *fragments)
+
+
+# ------------------------------------------------------------------------------ the report
+
+
+def test_the_report_shows_monica_group_mean_accuracy_and_names_the_protocol():
+    from ltbench.report import _context, _header_line, markdown_table, summarize
+    from tests.test_report import NUMBERS, fake_result
+
+    results = [fake_result(m, seed, vals, 0.6) for m, rows in NUMBERS.items() for seed, vals in enumerate(rows)]
+    assert "MONICA" not in markdown_table(summarize(results))  # not asked for: no column
+    for r in results:
+        r["config"].update(select_metric="group_acc", group_sizes=[1, 1], optimizer="adam", lr_schedule="constant")
+    summary = summarize(results).set_index("method")
+    # older results carry no group_acc: the mean of their group recalls is MONICA's number
+    assert summary.loc["ce", "group_acc_mean"] == pytest.approx(
+        np.mean([np.mean(v[5:]) for v in NUMBERS["ce"]]))
+    assert "Group-mean acc (MONICA)" in markdown_table(summarize(results))
+    header = _header_line(_context(results))
+    assert "optimiser: adam (betas (0.9, 0.999)" in header and "constant lr" in header
+    assert "group_sizes [1, 1]" in header

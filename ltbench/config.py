@@ -330,6 +330,19 @@ def _metrics() -> tuple:
     return tuple(SELECTABLE)
 
 
+def _deterministic_preset(name: str) -> str | None:
+    """An evaluation preset: registered, and without random operations."""
+    from ltbench.data.augment import get_augmentation
+
+    if name not in ("eval", "plain_half"):
+        try:
+            get_augmentation(name, 8)
+        except LtbenchError:
+            return "not an augmentation preset (evaluation presets: eval, plain_half)"
+        return "an evaluation preset must be deterministic (eval, plain_half)"
+    return None
+
+
 def _lr_schedules() -> tuple:
     from ltbench.schedules import LR_SCHEDULES
 
@@ -372,6 +385,7 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "lr_gamma": positive,
     "warmup_epochs": non_negative,
     "warmup_start_factor": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+    "eval_view": lambda v: _deterministic_preset(v),
     "group_sizes": lambda v: None if len(v) in (0, 2) and all(n >= 1 for n in v) else
     "give [head, medium]: the number of head and medium classes by training frequency (empty: terciles)",
     "device": _device,

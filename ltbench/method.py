@@ -235,10 +235,11 @@ class LossMethod(Method):
             self.register_buffer("mixup_generator_state", mixup_generator(info.seed).get_state())
 
     def stages(self, info: TrainInfo) -> list[Stage]:
-        sampler = getattr(self, "sampler", "instance")
-        if sampler == "instance":
+        # ``view``: a subclass keyword naming its one training view (ce's; "standard" = the class's views)
+        sampler, view = getattr(self, "sampler", "instance"), getattr(self, "view", "standard")
+        if sampler == "instance" and view == "standard":
             return super().stages(info)
-        return [Stage(samplers=(sampler,), views=tuple(self.views))]
+        return [Stage(samplers=(sampler,), views=tuple(self.views) if view == "standard" else (view,))]
 
     def training_step(self, model: nn.Module, batch: Batch) -> StepResult:
         if not getattr(self, "mixup_alpha", 0.0) > 0:

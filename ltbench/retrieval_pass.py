@@ -92,14 +92,16 @@ def metric_of(space: str) -> str:
 
 @torch.inference_mode()
 def compute_representations(method, model: torch.nn.Module, pixels: np.ndarray, rows: np.ndarray,
-                            image_size: int, batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
-    """``method.representations`` of ``rows`` (in order, the ``eval`` preset), float32 [N, d] per name."""
+                            image_size: int, batch_size: int, device: torch.device,
+                            view: str = "eval") -> dict[str, np.ndarray]:
+    """``method.representations`` of ``rows`` (in order, the preset ``view``: the run's
+    ``eval_view``, as its test pass), float32 [N, d] per name."""
     from ltbench.data.augment import get_augmentation
     from ltbench.data.loader import eval_batches
 
     model.eval()
     method.eval()
-    resize = get_augmentation("eval", image_size)
+    resize = get_augmentation(view, image_size)
     parts: dict[str, list[Tensor]] = {}
     names = None
     for images in eval_batches(pixels, rows, batch_size, device):
@@ -234,9 +236,9 @@ def retrieval_pass(method, model: torch.nn.Module, prepared, config, path: Path,
     if not len(db_rows) or not len(q_rows):
         raise LtbenchError("retrieval: the training and test splits must both have images")
     db = compute_representations(method, model, bundle.pixels, db_rows, config.image_size,
-                                 config.eval_batch_size, device)
+                                 config.eval_batch_size, device, config.eval_view)
     q = compute_representations(method, model, bundle.pixels, q_rows, config.image_size,
-                                config.eval_batch_size, device)
+                                config.eval_batch_size, device, config.eval_view)
     if not db:
         return {"file": None, "spaces": {}, "note": f"method {method.name!r} exposes no representation"}
     arrays: dict[str, np.ndarray] = {

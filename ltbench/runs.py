@@ -43,7 +43,9 @@ DATA_PIPELINE_VERSION = 2
 KEY_NEUTRAL: dict[str, object] = {
     # TrainConfig, issue 15: the protocol options of FlexSampling's and MONICA's benchmarks
     "optimizer": "sgd", "betas": (0.9, 0.999), "lr_schedule": "cosine", "lr_milestones": (), "lr_gamma": 0.1,
-    "warmup_epochs": 0, "warmup_start_factor": 0.01, "group_sizes": (),
+    "warmup_epochs": 0, "warmup_start_factor": 0.01, "group_sizes": (), "eval_view": "eval",
+    # rotation_hashing's training view (issue 16: the code's plain_half pipeline)
+    "view": "standard",
     # method keywords, issue 15: the loss tricks of FlexSampling's repository (LossMethod, ce, focal, ...)
     "sampler": "instance", "mixup_alpha": 0.0, "label_smoothing": 0.0,
 }

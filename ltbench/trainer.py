@@ -57,6 +57,7 @@ class TrainConfig:
     warmup_start_factor: float = 0.01
     select_metric: str = "acc"  # ltbench.metrics.SELECTABLE
     group_sizes: tuple[int, ...] = ()  # (head, medium) classes by training frequency; () = terciles
+    eval_view: str = "eval"  # the preset of validation, test, RunAccess.infer and retrieval (e.g. plain_half)
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (no loss scaling needed, unlike fp16)
     channels_last: bool = True  # CUDA only
@@ -381,13 +382,17 @@ class Trainer:
         return streams
 
     # ----------------------------------------------------------------------------------------
+    def eval_transform(self) -> torch.nn.Module:
+        """The deterministic preset every evaluation pass uses (``TrainConfig.eval_view``)."""
+        return get_augmentation(self.config.eval_view, self.config.image_size)
+
     @torch.inference_mode()
     def infer(self, method: Method, model: torch.nn.Module, data: DataBundle, rows: np.ndarray, fn,
               batch_size: int | None = None) -> torch.Tensor:
         """``fn(model, x)`` over ``rows`` with the evaluation transform, in eval mode (RunAccess.infer)."""
         model.eval()
         method.eval()
-        resize = get_augmentation("eval", self.config.image_size)
+        resize = self.eval_transform()
         outputs = []
         for images in eval_batches(data.pixels, rows, batch_size or self.config.eval_batch_size, self.device):
             x = resize(images)
@@ -403,7 +408,7 @@ class Trainer:
         """Probabilities of ``rows`` in large batches, and their metrics."""
         model.eval()
         method.eval()
-        resize = get_augmentation("eval", self.config.image_size)
+        resize = self.eval_transform()
         probs = []
         for images in eval_batches(data.pixels, rows, self.config.eval_batch_size, self.device):
             x = resize(images)

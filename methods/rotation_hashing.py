@@ -48,6 +48,7 @@ from ltbench.errors import LtbenchError
 from ltbench.method import Batch, Method, StepResult, TrainInfo
 from ltbench.models import Backbone, add_spatial_attention
 from ltbench.registry import register_method
+from ltbench.stages import Stage
 
 
 # --- losses and pieces -------------------------------------------------------------------------
@@ -118,7 +119,7 @@ class RotationHashing(Method):
 
     def __init__(self, bits: int = 16, epsilon: float = 0.5, cri_weight: float = 0.5, attention: bool = True,
                  reduction_ratio: int = 16, dilations: tuple[int, ...] = (1, 2, 5), attention_kernel: int = 7,
-                 radius: int = 4, top_k: int = 10) -> None:
+                 radius: int = 4, top_k: int = 10, view: str = "standard") -> None:
         super().__init__()
         if bits < 1 or epsilon <= 0 or cri_weight < 0 or radius < 0 or top_k < 1:
             raise ValueError("rotation_hashing: need bits >= 1, epsilon > 0, cri_weight >= 0, radius >= 0, top_k >= 1")
@@ -131,6 +132,10 @@ class RotationHashing(Method):
         self.attention_kernel = attention_kernel
         self.radius = radius  # for p10_r4_macro (ltbench.retrieval)
         self.top_k = top_k
+        self.view = view  # the training view: "plain_half" is the code's pipeline (no augmentation, 0.5/0.5)
+
+    def stages(self, info: TrainInfo) -> list[Stage]:
+        return [Stage(samplers=tuple(self.samplers), views=(self.view,))]
 
     def build_model(self, backbone: Backbone, info: TrainInfo) -> nn.Module:
         if self.attention:

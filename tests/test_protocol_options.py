@@ -197,3 +197,40 @@ def test_the_report_shows_monica_group_mean_accuracy_and_names_the_protocol():
     header = _header_line(_context(results))
     assert "optimiser: adam (betas (0.9, 0.999)" in header and "constant lr" in header
     assert "group_sizes [1, 1]" in header
+
+
+# ------------------------------------------------------------------------------ evaluation view
+
+
+def test_plain_half_is_resize_and_normalize_half_and_reaches_training_and_evaluation():
+    from torchvision.transforms import v2
+
+    from ltbench.data.augment import get_augmentation
+
+    images = torch.randint(0, 256, (4, 3, 12, 12), dtype=torch.uint8)
+    want = v2.Compose([v2.Resize((16, 16), antialias=True), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize((0.5,) * 3, (0.5,) * 3)])(images)
+    got = get_augmentation("plain_half", 16)(images, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
+    assert torch.equal(get_augmentation("plain_half", 16)(images, torch.Generator().manual_seed(1)), got)
+
+    data = synthetic_data()
+    seen = []
+
+    class Spy(type(create_method("ce"))):
+        def training_step(self, model, batch):
+            seen.append(float(batch.views[0].min()))
+            return super().training_step(model, batch)
+
+    trainer = Trainer(cpu_config(epochs=1, eval_view="plain_half"), progress=False)
+    trainer.fit(Spy(view="plain_half"), data.bundle)
+    assert min(seen) >= -1.0 - 1e-6  # 0.5/0.5 normalisation: never below -1 (ImageNet's reaches -2.1)
+    assert isinstance(trainer.eval_transform(), type(get_augmentation("plain_half", 16)))
+    assert trainer.eval_transform().mean == (0.5, 0.5, 0.5)
+
+
+def test_eval_view_must_be_a_deterministic_preset():
+    with pytest.raises(LtbenchError, match="must be deterministic"):
+        TrainConfig(eval_view="contrastive")
+    with pytest.raises(LtbenchError, match="not an augmentation preset"):
+        TrainConfig(eval_view="nope")

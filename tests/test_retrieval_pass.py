@@ -190,7 +190,8 @@ def test_paper_protocol_benchmark_file():
         ("resnet18", None, 120, 64, 0.01, 0.9, 5e-4)
     assert (t.lr_schedule, t.lr_milestones, t.lr_gamma, t.optimizer) == ("step", (40, 60, 80, 100), 0.1, "sgd")
     assert bench.methods["rotation_hashing"].method == "rotation_hashing"
-    assert bench.methods["rotation_hashing_no_attention"].params == {"attention": False}
+    assert bench.methods["rotation_hashing_no_attention"].params == {"attention": False, "view": "plain_half"}
+    assert t.eval_view == "plain_half"  # the code's pipeline: no augmentation, Normalize(0.5, 0.5)
 
 
 def _bench_file(tmp_path: Path, retrieval: str) -> Path:

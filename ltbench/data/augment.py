@@ -31,6 +31,19 @@ the per-sample decisions then live on the host and selecting samples needs no de
 On the CPU a uint8 batch is resized as uint8 (PyTorch's fast SIMD kernel; the same rounding as
 torchvision/PIL on uint8); on CUDA it is resized in float32 — results differ by ≤ 1/255.
 
+**CPU speed, same bits (issue 11).** The CPU path computes exactly the values of the plain tensor
+formulas above (tests/test_augment_exact.py pins every preset's output bits, strides and
+generator state against the code before, and each rewrite against the op it replaces), but: a
+single-threaded worker computes its chunk 4 images at a time (``CPU_PIECE``: every op is per
+image; small intermediates are reused from the heap, not freshly page-faulted), output batches
+are recycled once nothing references them (:class:`_OutputPool`), the resize-only path flips
+uint8 pixels and converts them straight into the output, jitter ops run in place, ops whose
+broadcast operands would drop PyTorch into its scalar loop (``addcmul`` normalisation, contrast's
+``lerp``, the grid's ``addcmul``/``clamp``) are issued per channel or per image as the same
+vectorised single-rounding kernels, hue avoids ``remainder`` by an exact case split (see
+:func:`_hue_`), and the grid is interleaved via ``torch.complex`` instead of ``torch.stack``.
+CUDA keeps the whole-batch ops.
+
 The presets follow the ECL code (zylbuaa/ECL, ``utils/dataset/isic.py``); see :data:`PRESETS`.
 Differences from torchvision (all deliberate, for speed or precision):
 
@@ -831,7 +844,7 @@ def _saturation_(x: Tensor, factor: Tensor) -> Tensor:
 def _hue_(x: Tensor, shift: Tensor) -> Tensor:
     """:func:`adjust_hue` in place, bit-identical, without its costly ``remainder`` (Sleef fmod).
 
-    adjust_hue computes ``t = ((a mod 6) − 2`` for a = h6 + n (n = 5, 3, 1), then
+    adjust_hue computes ``t = (a mod 6) − 2`` for a = h6 + n (n = 5, 3, 1), then
     ``clamp(|t| − 1, 0, 1)``. Each sextant formula is bounded by rounding-monotone terms, so
     h ∈ [−1, 5]; with shifts in [−1/3, 1/2], a ∈ [−2, 13]. Here t = fl(a − 2), then 6 is
     subtracted where t ≥ 4, twice if a may reach 12. Both give the same bits: for a ∈ [6, 18),
@@ -973,3 +986,4 @@ def get_augmentation(name: str, image_size: int) -> Augmentation:
 
 
 from ltbench.data import randaugment as _randaugment  # noqa: E402,F401  registers "randaugment" (BCL)
+from ltbench.data import plain_presets as _plain_presets  # noqa: E402,F401  registers "plain_half"

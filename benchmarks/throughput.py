@@ -21,8 +21,17 @@ sizes) in a temporary folder that is deleted afterwards. ``--workers`` is both t
 worker count and ltbench's cache-build threads and torch threads. The pipelines are interleaved
 epoch by epoch (rotating order); round 0 is a warm-up; medians of the other rounds are reported.
 
+``--before DIR`` (a pristine ``git archive`` export of earlier code) adds that code's augment.py +
+loader.py as one more interleaved pipeline (after checking one epoch of its batches equals this
+checkout's), so a change is measured against the old code in the same rounds — on a shared
+machine the only comparison worth quoting. ``--profile-presets`` times each preset alone on a fixed
+batch of 64 cached images (1 thread, as on the loader's workers; with ``--before``, interleaved).
+
     .venv/bin/python benchmarks/throughput.py
     .venv/bin/python benchmarks/throughput.py --num-images 512 --rounds 4 --workers 2
+    mkdir -p /tmp/base && git archive HEAD | tar -x -C /tmp/base
+    .venv/bin/python benchmarks/throughput.py --before /tmp/base --rounds 4 --no-sequential
+    .venv/bin/python benchmarks/throughput.py --before /tmp/base --profile-presets --num-images 64
 """
 from __future__ import annotations
 

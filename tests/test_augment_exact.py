@@ -68,6 +68,14 @@ EXACT: dict[str, str] = {
     'rand40/contrastive/seed1': 'db25b7582c4f3cab66a4',
     'rand40/randaugment/seed0': '989b4a1d90a0a9097af5',
     'rand40/randaugment/seed1': '532e6ae3e94ea8dc08a7',
+    'same20/eval/seed0': '2a7ed67db6ff4490bc32',
+    'same20/eval/seed1': 'ab66fbb0615ec4c58102',
+    'same20/standard/seed0': '2cd509b056dccf4d4610',
+    'same20/standard/seed1': 'c5661dff62046ffe1718',
+    'same20/contrastive/seed0': 'e2611edb4ef54378ca99',
+    'same20/contrastive/seed1': '6fd42afbf5ec8f8fedea',
+    'same20/randaugment/seed0': 'c9be896784bd449d1017',
+    'same20/randaugment/seed1': '13299eb1c4a14544a9e2',
     'float16/eval/seed0': '437c3e2049ff0d3fb5ab',
     'float16/eval/seed1': 'c6764241ca3dbfb8f120',
     'float16/standard/seed0': 'ae681c30caff1b07664c',
@@ -103,12 +111,15 @@ def _inputs(name: str) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     if name == "rand40":  # a large source, shrunk (presample path), NHWC permuted
         x = torch.randint(0, 256, (40, 300, 310, 3), dtype=torch.uint8, generator=g)
         return x.permute(0, 3, 1, 2), _sizes(40), 64
+    if name == "same20":  # uint8 already at the output size (no resize), NHWC permuted, 2 chunks
+        x = torch.randint(0, 256, (20, 64, 64, 3), dtype=torch.uint8, generator=g)
+        return x.permute(0, 3, 1, 2), None, 64
     if name == "float16":  # float input in [0, 1]
         return torch.rand(16, 3, 72, 72, generator=g), None, 64
     raise KeyError(name)
 
 
-INPUTS = ("real64", "real16", "rand5", "rand40", "float16")
+INPUTS = ("real64", "real16", "rand5", "rand40", "same20", "float16")
 PRESETS = ("eval", "standard", "contrastive", "randaugment")
 SEEDS = (0, 1)
 
@@ -181,3 +192,75 @@ if __name__ == "__main__":  # print the values to paste into EXACT (run it on th
             print(f"    {c + f'@{t}t'!r}: {prints[(t, 'forward')]!r},  # differs with {t} thread(s)")
         if len({v for (t, _), v in prints.items() if t == 1}) != 1:
             print(f"# {c}: split jobs differ from forward", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ the exact rewrites, op by op
+# (bit-equality with the functional ops they replace, on inputs chosen to reach their edge cases)
+
+
+def _colour_batch(n: int = 6, side: int = 37, seed: int = 3) -> torch.Tensor:
+    """Random colours plus few-level images (ties between channels, grey, black, white)."""
+    g = torch.Generator().manual_seed(seed)
+    smooth = torch.rand(n, 3, side, side, generator=g)
+    levels = torch.randint(0, 4, (n, 3, side, side), generator=g).float() / 3
+    return torch.cat([smooth, levels])
+
+
+@pytest.mark.parametrize("shift", [-0.5, -0.34, -1 / 3, -0.3, -0.1, -1e-7, 0.0, 0.05, 0.1, 1 / 3, 0.34, 0.5])
+def test_in_place_hue_equals_adjust_hue_bit_for_bit(shift: float) -> None:
+    x = _colour_batch()
+    shifts = torch.full((x.shape[0],), shift)
+    shifts[::3] = -shifts[::3]  # per-sample shifts of both signs in one call
+    assert torch.equal(A._hue_(x.clone(), shifts), A.adjust_hue(x, shifts))
+
+
+def test_in_place_hue_on_the_preset_range() -> None:
+    x = _colour_batch(n=12, side=64, seed=5)
+    for seed in range(3):
+        shifts = torch.empty(x.shape[0]).uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(A._hue_(x.clone(), shifts), A.adjust_hue(x, shifts))
+
+
+def test_in_place_colour_ops_equal_the_functional_ones() -> None:
+    x = _colour_batch()
+    factors = torch.linspace(0.0, 1.6, x.shape[0])  # lerp's two branches (weight below / above 0.5)
+    for in_place, functional in ((A._brightness_, A.adjust_brightness), (A._contrast_, A.adjust_contrast),
+                                 (A._saturation_, A.adjust_saturation)):
+        assert torch.equal(in_place(x.clone(), factors), functional(x, factors)), functional.__name__
+
+
+def test_normalise_equals_addcmul_everywhere() -> None:
+    """Every uint8 level at every position of a vector body and of a scalar tail, plus random floats."""
+    mean = torch.tensor(A.IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(A.IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    scale, bias = (1 / std).float(), (-mean / std).float()
+    levels = torch.arange(256, dtype=torch.float32).div_(255.0)
+    for width in (256 * 33, 256 + 7, 1, 5):
+        x = levels.repeat(3 * width // 256 + 1)[: 3 * width].view(1, 3, 1, width)
+        x = torch.cat([x, torch.rand(2, 3, 1, width, generator=torch.Generator().manual_seed(width))])
+        assert torch.equal(A.normalise(x, A.IMAGENET_MEAN, A.IMAGENET_STD), torch.addcmul(bias, x, scale))
+    channels_last = torch.rand(2, 3, 9, 11).contiguous(memory_format=torch.channels_last)
+    out = A.normalise(channels_last, A.IMAGENET_MEAN, A.IMAGENET_STD)
+    ref = torch.addcmul(bias, channels_last, scale)
+    assert torch.equal(out, ref) and out.stride() == ref.stride()
+
+
+def test_interleave_equals_stack() -> None:
+    gx, gy = torch.rand(3, 5, 7), torch.rand(3, 5, 7)
+    out, ref = A._interleave(gx, gy), torch.stack((gx, gy), dim=-1)
+    assert torch.equal(out, ref) and out.stride() == ref.stride()
+
+
+def test_output_buffers_are_reused_only_when_released() -> None:
+    aug = A.get_augmentation("standard", 32)
+    images = torch.randint(0, 256, (40, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    first = aug(images, torch.Generator().manual_seed(1))
+    kept, address = first.clone(), first.data_ptr()
+    view = first[:3]
+    del first
+    second = aug(images, torch.Generator().manual_seed(1))  # a view still holds the first buffer
+    assert second.data_ptr() != address and torch.equal(view, kept[:3])
+    del view, second
+    third = aug(images, torch.Generator().manual_seed(1))  # released: reused, and the same values
+    assert third.data_ptr() == address and torch.equal(third, kept)
+    assert third.stride() == kept.stride()

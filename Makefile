@@ -3,7 +3,7 @@ PYTHON  ?= python3
 VENV    ?= .venv
 BIN      = $(VENV)/bin
 DATASET ?= digits-lt
-OUT     ?= reports/$(DATASET)
+OUT     ?= reports/$(DATASET)$(if $(RATIO),-ratio$(RATIO))
 EXTRAS  ?= dev# what `make install` adds: dev,slurm also installs submitit (--launcher slurm; the CI does)
 
 # Optional overrides forwarded to `ltbench bench` only when set.
@@ -18,7 +18,9 @@ BENCH_ARGS = $(if $(DATA_ROOT),--data-root '$(DATA_ROOT)') \
              $(if $(LR),--lr '$(LR)') \
              $(if $(SELECT_METRIC),--select-metric '$(SELECT_METRIC)') \
              $(if $(DEVICE),--device $(DEVICE)) \
-             $(if $(JOBS),--jobs '$(JOBS)')
+             $(if $(JOBS),--jobs '$(JOBS)') \
+             $(if $(RATIO),--ratio '$(RATIO)') \
+             $(foreach s,$(SET),--set '$(s)')
 
 .PHONY: install bench test clean
 

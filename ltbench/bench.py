@@ -104,11 +104,15 @@ def _rows(path: Path, raw: object) -> dict[str, MethodRow]:
     return rows
 
 
-def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = None) -> Benchmark:
+def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = None,
+                   settings: Mapping[str, str] | None = None, split_flags: Mapping[str, object] | None = None
+                   ) -> Benchmark:
     """Read, convert and check a benchmark YAML; every problem is one line naming the file and key.
 
     ``train_flags``: command-line text for TrainConfig fields (None = not given), which overrides
-    the file's ``train:`` section, which overrides the dataset's default protocol.
+    the file's ``train:`` section, which overrides the dataset's default protocol; ``settings``:
+    ``--set KEY=VALUE`` text, over all of them. ``split_flags``: command-line text for split
+    options (``ratio``, ``classes``; None = not given) over the file's ``split:`` section.
     """
     path = Path(path)
     if not path.is_file():
@@ -150,7 +154,10 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
         split = {"kind": split}
     if not isinstance(split, dict):
         raise LtbenchError(f"{path}: split = {split!r}: expected a kind or a mapping (kind, seed, dir, file)")
-    split = cfg.read(cfg.split_settings(), split, cfg.in_file(path, "split"), unknown="not a split option")
+    split = cfg.read(cfg.split_settings(classes=True), split, cfg.in_file(path, "split"), unknown="not a split option")
+    given = {k: str(v) for k, v in (split_flags or {}).items() if v is not None}
+    split.update(cfg.read(cfg.split_settings(classes=True), given,
+                          cfg.flag({"ratio": "--ratio", "classes": "--classes"}), text=True))
 
     train = raw.get("train") or {}
     if not isinstance(train, dict):
@@ -160,6 +167,8 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
     layers = [cfg.Layer("benchmark file", train, cfg.in_file(path, "train"))]
     if train_flags:
         layers.append(cfg.Layer("command line", train_flags, cfg.flag(), text=True))
+    if settings:
+        layers.append(cfg.Layer("command line", dict(settings), lambda k, v: f"--set {k}={v}", text=True))
     config, sources = cfg.train_config(dataset["name"], *layers)
 
     seeds = cfg.seeds(raw.get("seeds", [0, 1, 2]), f"{path}: seeds")
@@ -171,7 +180,8 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
         cfg.check_folder(cache_dir, f"{path}: cache_dir")
     data = DataSpec(dataset=dataset["name"], data_root=data_root, options=options or None,
                     split=split.get("kind"), split_seed=split.get("seed", 0), split_dir=split.get("dir"),
-                    split_file=split.get("file"), cache_dir=cache_dir, split_ratio=split.get("ratio"))
+                    split_file=split.get("file"), cache_dir=cache_dir, split_ratio=split.get("ratio"),
+                    split_classes=split.get("classes"))
     return Benchmark(name=_text(path, "name", raw.get("name"), path.stem), data=data, train=config, seeds=seeds,
                      methods=rows, description=_text(path, "description", raw.get("description"), ""),
                      sources=sources, retrieval=RetrievalSettings.parse(raw.get("retrieval"), f"{path}: retrieval"),

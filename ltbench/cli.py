@@ -97,9 +97,10 @@ _PROTOCOL_HELP = "default: the dataset's protocol"
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Pixel cache (default ~/.cache/ltbench).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default reports/train/DATASET).")
 @click.option("--force", is_flag=True, help="Train even if a result with the same config exists.")
+@click.option("--retrieval", is_flag=True, help="Also run the retrieval pass after the test (docs/retrieval.md).")
 def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_dir, split_file, split_ratio,
               split_classes, backbone, pretrained, image_size, epochs, batch_size, lr, select_metric, seed, device,
-              settings, cache_dir, out, force) -> None:
+              settings, cache_dir, out, force, retrieval) -> None:
     """Train and test one method with one seed; writes a result file and prints the test metrics."""
     from ltbench import config as cfg
     from ltbench.data.datasets import get_dataset
@@ -138,12 +139,20 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
                f"({len(prepared.split.train)}/{len(prepared.split.val)}/{len(prepared.split.test)}); "
                f"lesion leak: {leak_text(prepared.leak)}")
     write_split(prepared, out)
-    result, trained = run_one(method, params, config.seed, config, spec, prepared, out, progress=True, force=force)
+    from ltbench.retrieval_pass import RetrievalSettings
+
+    result, trained = run_one(method, params, config.seed, config, spec, prepared, out, progress=True, force=force,
+                              retrieval=RetrievalSettings(enabled=True) if retrieval else None)
     t = result["test"]
     click.echo(("trained" if trained else "already done (use --force to retrain)")
                + f": {method} seed {config.seed}, best epoch {result['best_epoch']}, wall {result['wall_time_s']:.1f} s")
     click.echo("test " + "  ".join(f"{k.upper() if k != 'f1' else 'F1'} {t[k]:.2f}"
                                    for k in ("acc", "sen", "pre", "f1", "auc")))
+    if result.get("retrieval") and result["retrieval"].get("spaces"):
+        found = result["retrieval"]["spaces"]
+        click.echo("retrieval (class-macro): " + "  ".join(
+            f"{space} mAP@all {found[space]['map_all']['macro']:.2f} P@10 {found[space]['p_10']['macro']:.2f}"
+            for space in found))
     click.echo(f"result: {out / 'runs' / method / f'seed{config.seed}.json'}")
 
 
@@ -161,6 +170,14 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
 @click.option("--lr", help="Override the base learning rate.")
 @click.option("--select-metric", help="Override the best-checkpoint metric: acc | sen | pre | f1 | auc.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any training setting (e.g. optimizer=adam, warmup_epochs=5; docs/protocol.md); repeatable, "
+                   "wins over the file and the options above.")
+@click.option("--ratio", "split_ratio", help="FlexSampling's imbalance ratio 100 | 200 | 500 (over the file's split; "
+              "the default output folder then ends in -ratioN).")
+@click.option("--classes", "split_classes", help="FlexSampling's class set 8 | 14 (over the file's split).")
+@click.option("--retrieval/--no-retrieval", default=None,
+              help="Run the retrieval pass after each test (over the file's retrieval:; never part of a run key).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default reports/NAME).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--force", is_flag=True, help="Retrain runs whose stored result has another configuration (stale) or is damaged.")
@@ -176,8 +193,8 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
               help="A SLURM setting (over the file's slurm: section): cluster=slurm|local, partition, account, qos, "
                    "time_min, gpus_per_job, cpus_per_job, mem_gb, array_parallelism, setup; repeatable.")
 def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, backbone, pretrained, image_size, batch_size, lr,
-              select_metric, device, out, quiet, force, retry_failed, keep_checkpoints, jobs, gpus, runs_per_gpu,
-              threads, launcher, slurm) -> None:
+              select_metric, device, settings, split_ratio, split_classes, retrieval, out, quiet, force, retry_failed,
+              keep_checkpoints, jobs, gpus, runs_per_gpu, threads, launcher, slurm) -> None:
     """Train every method × seed of a benchmark (skipping finished runs) and write the report.
 
     Interrupted runs resume from their last finished epoch; failed runs are recorded and the others
@@ -189,7 +206,13 @@ def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, backbone, pretr
     # Training overrides are TrainConfig fields as text: the same conversion as `train`'s flags.
     bench = load_benchmark(benchmark_path, train_flags={
         "epochs": epochs, "device": device, "backbone": backbone, "pretrained": pretrained,
-        "image_size": image_size, "batch_size": batch_size, "lr": lr, "select_metric": select_metric})
+        "image_size": image_size, "batch_size": batch_size, "lr": lr, "select_metric": select_metric},
+        settings=_parse_params(settings, option="--set"),
+        split_flags={"ratio": split_ratio, "classes": split_classes})
+    if retrieval is not None:
+        import dataclasses
+
+        bench.retrieval = dataclasses.replace(bench.retrieval, enabled=retrieval)
     if methods is not None:
         bench.methods = select_rows(bench, methods)
     if seeds is not None:
@@ -200,7 +223,8 @@ def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, backbone, pretr
 
     chosen = make_launcher(bench, launcher, jobs=jobs, gpus=gpus, runs_per_gpu=runs_per_gpu, threads=threads,
                            slurm=slurm)  # None: the sequential bench
-    run_benchmark(bench, out or Path("reports") / bench.name, progress=not quiet, echo=click.echo,
+    default_out = Path("reports") / (bench.name + (f"-ratio{bench.data.split_ratio}" if split_ratio else ""))
+    run_benchmark(bench, out or default_out, progress=not quiet, echo=click.echo,
                   warn=lambda message: click.echo(message, err=True), force=force, retry_failed=retry_failed,
                   keep_checkpoints=keep_checkpoints, launcher=chosen)
 

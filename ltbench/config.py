@@ -419,11 +419,8 @@ def train_flag(key: str, value: object) -> object:
 
 
 def split_settings(classes: bool = False) -> dict[str, Setting]:
-    """The split options; ``classes``: also FlexSampling's class set (``ltbench train --classes``).
-
-    ``classes`` is off for benchmark files until ``ltbench/bench.py`` passes it on to ``DataSpec``
-    (``split_classes=``): until then a ``split: {classes: 14}`` is refused, never silently ignored.
-    """
+    """The split options; ``classes``: also FlexSampling's class set (``--classes``, ``split: {classes: 14}``;
+    ``ltbench train`` and ``ltbench/bench.py`` pass it on to ``DataSpec.split_classes``)."""
     from ltbench.data.splits import KINDS
 
     settings = {"kind": Setting("kind", str | None, None, one_of(KINDS)),

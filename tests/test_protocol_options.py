@@ -234,3 +234,21 @@ def test_eval_view_must_be_a_deterministic_preset():
         TrainConfig(eval_view="contrastive")
     with pytest.raises(LtbenchError, match="not an augmentation preset"):
         TrainConfig(eval_view="nope")
+
+
+def test_bench_takes_set_and_the_retrieval_switch(capsys, monkeypatch, tmp_path):
+    import json
+
+    from tests.test_cli import assert_one_line_error, run_inline
+
+    (tmp_path / "b.yaml").write_text("name: b\ndataset: synthetic\ntrain: {epochs: 1}\nretrieval: true\n"
+                                     "seeds: [0]\nmethods: [ce]\n")
+    cli = lambda *args: run_inline(*args, capsys=capsys, monkeypatch=monkeypatch, cwd=tmp_path)  # noqa: E731
+    proc = cli("bench", "--benchmark", "b.yaml", "--set", "optimizer=adam", "--set", "lr=1e-3", "--no-retrieval",
+               "--quiet", "--out", "out")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "out" / "runs" / "ce" / "seed0.json").read_text())
+    assert result["config"]["optimizer"] == "adam" and result["config"]["lr"] == 1e-3
+    assert "retrieval" not in result and not (tmp_path / "out" / "runs" / "ce" / "seed0.emb.npz").exists()
+    assert_one_line_error(cli("bench", "--benchmark", "b.yaml", "--ratio", "300"), "--ratio 300", "choose one of")
+    assert_one_line_error(cli("bench", "--benchmark", "b.yaml", "--set", "momentum=-1"), "--set momentum=-1")

@@ -179,7 +179,8 @@ def fake_isic2019(root: Path) -> Path:
     flex = root / "flexible_sampling_splits" / "8-class"
     flex.mkdir(parents=True)
     for part, items in parts.items():
-        np.save(flex / f"{part}_100.npy", np.array([f"{i}.jpg" for i, _ in items]))
+        for ratio in (100, 500):  # the same images: only which files are read differs
+            np.save(flex / f"{part}_{ratio}.npy", np.array([f"{i}.jpg" for i, _ in items]))
     flex_label = {GT_COLUMNS.index(n): j for j, n in enumerate(FLEX_8_CLASSES)}
     pd.DataFrame([(f"{r[0]}.jpg", flex_label[r[1:].index("1.0")]) for r in rows],
                  columns=["image", "label"]).to_csv(flex / "dic.csv", index=False)
@@ -193,9 +194,10 @@ def fake_isic2019(root: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["isic2019-flexsampling", "isic2019-flamby"])
-def test_shipped_benchmark_runs_on_a_fake_official_layout(tmp_path: Path, name: str) -> None:
-    """`make bench DATASET=NAME DATA_ROOT=...` with the shipped file, on a CPU without ImageNet
+@pytest.mark.parametrize("name,ratio", [("isic2019-flexsampling", None), ("isic2019-flexsampling", 500),
+                                        ("isic2019-monica", None), ("isic2019-flamby", None)])
+def test_shipped_benchmark_runs_on_a_fake_official_layout(tmp_path: Path, name: str, ratio: int | None) -> None:
+    """`make bench DATASET=NAME DATA_ROOT=... [RATIO=500]` with the shipped file, on a CPU without ImageNet
     weights: the overrides come from the command line (Makefile variables), not from an edited copy."""
     import json
     import os
@@ -212,12 +214,24 @@ def test_shipped_benchmark_runs_on_a_fake_official_layout(tmp_path: Path, name: 
     proc = subprocess.run(
         ["make", "-s", "-C", str(repo), "bench", f"DATASET={name}", f"DATA_ROOT={root}", f"OUT={out}",
          "EPOCHS=1", "SEEDS=0", "METHODS=ce", "BACKBONE=small-cnn", "PRETRAINED=none", "IMAGE_SIZE=16",
-         "BATCH_SIZE=8", "DEVICE=cpu"],
+         "BATCH_SIZE=8", "DEVICE=cpu", *([f"RATIO={ratio}"] if ratio else [])],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((out / "runs" / "ce" / "seed0.json").read_text())
-    kind = yaml.safe_load((repo / "benchmarks" / f"{name}.yaml").read_text())["split"]["kind"]
+    shipped = yaml.safe_load((repo / "benchmarks" / f"{name}.yaml").read_text())
+    kind = shipped["split"]["kind"]
     assert result["split"]["kind"] == kind
+    # the file's protocol arrives, with only the Make variables' overrides on top
+    for key, value in shipped["train"].items():
+        if key not in ("backbone", "pretrained", "image_size", "batch_size", "epochs"):
+            assert result["config"][key] == value, key
+    if kind == "flexsampling":
+        assert result["split"]["details"]["ratio"] == (ratio or 100)
+        assert result["split"]["details"]["files"][0] == f"train_{ratio or 100}.npy"
+    if name == "isic2019-monica":
+        # equal training counts here, so the two head classes are the first two by class index
+        assert "group_acc" in result["test"] and result["test"]["groups"]["head"] == ["MEL", "NV"]
+        assert "Group-mean acc (MONICA)" in (out / "summary.md").read_text()
     assert result["split"]["lesion_leak"]["test_lesions_also_in_train"] > 0
     counts = result["dataset"]["class_counts"]
     if kind == "flexsampling":

@@ -238,6 +238,8 @@ SHIPPED_KEYS = {
     ("digits-lt", "scl"): "d5478bd3bbd222673d25", ("digits-lt", "bcl"): "00646b48e67819c32562",
     ("digits-lt", "tsc"): "0fbb0849309bb6c22741", ("digits-lt", "ecl"): "11acf8e2759acda462dc",
     ("digits-lt", "simclr"): "3cf057529c193eda9075", ("digits-lt", "rotation_hashing"): "4e49d43f4e13222efb54",
+    ("digits-lt", "cb_loss"): "0786fbe1bd06cd865364", ("digits-lt", "grw"): "dca0cd453626c47faf16",
+    ("digits-lt", "flexsampling"): "a8caf397504e1f9d2092",
     ("isic2018", "ce"): "50ebf8e91f30476050ef", ("isic2018", "focal"): "06dc12fdfb3c93cfd040",
     ("isic2018", "ldam_drw"): "92f5291d6b6cbc49b010", ("isic2018", "logit_adjust"): "1435868b0791dd12c150",
     ("isic2018", "logit_adjust_loss"): "f74227ad71591778c51e", ("isic2018", "mwnl"): "68dc51f8064ad9a6fa80",
@@ -245,6 +247,7 @@ SHIPPED_KEYS = {
     ("isic2018", "scl"): "80bc2cb4f829f7db3ce6", ("isic2018", "bcl"): "fe4ad43ce7d43b19f366",
     ("isic2018", "tsc"): "1e2635aa1df123205144", ("isic2018", "ecl"): "cf2dcddcc713e280801e",
     ("isic2018", "simclr"): "56898fa6db246c57c1f0", ("isic2018", "rotation_hashing"): "378ca0eb29313957a2c9",
+    ("isic2018", "cb_loss"): "ab27ff2a17d3d12a02e8", ("isic2018", "grw"): "524a2331bb3ebff672cf",
     ("isic2019", "ce"): "7876f31fa87f61be6911", ("isic2019", "focal"): "9a79ebda96d62020d54d",
     ("isic2019", "ldam_drw"): "39d8a3d5dd4305aac49a", ("isic2019", "logit_adjust"): "61f2c96ccc03bfee7280",
     ("isic2019", "logit_adjust_loss"): "34dab595fd452c7c2686", ("isic2019", "mwnl"): "1ec2dd2e959139947ef6",
@@ -252,6 +255,7 @@ SHIPPED_KEYS = {
     ("isic2019", "scl"): "ef1e4be991f12ca480b9", ("isic2019", "bcl"): "2d04112478574b01472b",
     ("isic2019", "tsc"): "1d5f9c0b49c78a43d9d9", ("isic2019", "ecl"): "797d19870207d937d867",
     ("isic2019", "simclr"): "2dbb1e43249d04ffe73d", ("isic2019", "rotation_hashing"): "dac19fe8b7b2ea703c97",
+    ("isic2019", "cb_loss"): "74f1d553f244d8cc850d", ("isic2019", "grw"): "0ec8843b0cc109382901",
 }
 
 

@@ -255,6 +255,11 @@ class _Pool:
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()
+        for worker in self.workers.values():  # release the queues' semaphores (no resource_tracker warning)
+            worker.inbox.close()
+            worker.inbox.join_thread()
+        self.outbox.close()
+        self.outbox.join_thread()
 
 
 def _with_device(config, device: str):
@@ -279,8 +284,14 @@ def worker_main(wid: int, grid: Grid, threads: int, cores: list[int] | None, log
     try:
         if cores:
             os.sched_setaffinity(0, cores)
-        import torch
+        import threading
 
+        import torch
+        from tqdm.auto import tqdm
+
+        # tqdm's default lock holds a multiprocessing semaphore, which this worker's os._exit would
+        # leave registered (a resource_tracker warning in the parent); a thread lock is all it needs.
+        tqdm.set_lock(threading.RLock())
         torch.set_num_threads(threads)
         print(f"== {stamp()} worker {wid} pid {os.getpid()}: bench {grid.name}, device {grid.train.device}, "
               f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}, "

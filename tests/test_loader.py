@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ltbench.data.augment import get_augmentation
-from ltbench.data.loader import TrainStream, available_cores
+from ltbench.data.loader import WORKERS_MIN_SIZE, TrainStream, available_cores
 from ltbench.errors import LtbenchError
 
 N, SIDE, OUT, BATCH = 45, 40, 32, 20  # 3 batches per epoch (20, 20, 5); 2 chunks of a 20-image batch
@@ -123,8 +123,17 @@ def test_prefetch_only_when_the_threads_fit_in_the_cores() -> None:
     threads, cores = torch.get_num_threads(), available_cores()
     assert _stream(workers=1).prefetch is (1 + threads <= cores)
     assert _stream(workers=cores).prefetch is False  # the consumer needs at least one thread
-    assert _stream().workers == threads
+    # the default: worker threads only where they pay (views of at least WORKERS_MIN_SIZE px)
+    assert _stream().workers == (0 if OUT < WORKERS_MIN_SIZE else threads)
     assert _stream(workers=0, prefetch=True).prefetch is False  # nothing to prefetch with
+
+
+def test_default_workers_follow_the_view_size() -> None:
+    pixels, rows, labels, sizes = _data()
+    for size, want in ((WORKERS_MIN_SIZE - 1, 0), (WORKERS_MIN_SIZE, torch.get_num_threads())):
+        stream = TrainStream(pixels, rows, labels, "instance", BATCH, [get_augmentation("standard", size)],
+                             torch.device("cpu"), torch.Generator().manual_seed(0), sizes=sizes)
+        assert stream.workers == want, size
 
 
 def _fresh_thread_num_threads() -> int:

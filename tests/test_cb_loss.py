@@ -8,6 +8,7 @@ import torch
 
 from ltbench import LtbenchError, TrainInfo, create_method
 from ltbench.methods.cb_loss import cb_loss, cb_loss_2023, cb_loss_v02, class_balanced_weights
+from tests.helpers import float64_logits
 
 COUNTS = (50, 20, 5, 2)
 
@@ -63,15 +64,6 @@ def naive_v02(z, y, w, loss_type, gamma):
     return sum(terms) / b
 
 
-def _inputs(seed=0, b=6, c=4, absent=None):
-    g = torch.Generator().manual_seed(seed)
-    z = (torch.randn(b, c, generator=g, dtype=torch.float64) * 2).requires_grad_()
-    y = torch.randint(0, c, (b,), generator=g)
-    if absent is not None:
-        y[y == absent] = (absent + 1) % c
-    return z, y
-
-
 def _method(**params):
     method = create_method("cb_loss", **params)
     method.setup(TrainInfo(class_counts=COUNTS, class_names=tuple("abcd"), epochs=1, steps_per_epoch=1,
@@ -92,7 +84,7 @@ def test_weights_match_the_naive_formula(beta):
 @pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0])
 @pytest.mark.parametrize("absent", [None, 2])
 def test_every_form_and_type_matches_naive(form, naive, loss_type, gamma, absent):
-    z, y = _inputs(seed=7, absent=absent)
+    z, y = float64_logits(seed=7, absent=absent)
     method = _method(loss_type=loss_type, form=form, gamma=gamma)
     w = method.class_weights  # the float32 weights of setup, here as float64
     loss = method.loss(z, y)
@@ -102,7 +94,7 @@ def test_every_form_and_type_matches_naive(form, naive, loss_type, gamma, absent
 
 
 def test_module_functions_match_the_method_and_each_other():
-    z, y = _inputs(seed=1, absent=0)
+    z, y = float64_logits(seed=1, absent=0)
     w = class_balanced_weights(COUNTS, 0.9999)
     for loss_type in ("focal", "sigmoid", "softmax"):
         torch.testing.assert_close(cb_loss(z, y, w, loss_type, 2.0, "2023"), cb_loss_2023(z, y, w, loss_type, 2.0))
@@ -110,7 +102,7 @@ def test_module_functions_match_the_method_and_each_other():
 
 
 def test_the_two_cb_focals_differ_and_neither_is_weighted_cross_entropy():
-    z, y = _inputs(seed=3)
+    z, y = float64_logits(seed=3)
     w = class_balanced_weights(COUNTS, 0.9999).double()
     v2023, v02 = cb_loss_2023(z, y, w, "focal", 2.0), cb_loss_v02(z, y, w, "focal", 2.0)
     assert not math.isclose(v2023.item(), v02.item(), rel_tol=1e-3)
@@ -120,7 +112,7 @@ def test_the_two_cb_focals_differ_and_neither_is_weighted_cross_entropy():
 
 def test_float32_autocast_and_the_literal_modulator():
     # Under bf16 autocast the loss still runs in float32 (binary_cross_entropy refuses autocast).
-    z, y = _inputs(seed=4)
+    z, y = float64_logits(seed=4)
     method = create_method("cb_loss", loss_type="softmax")
     method.setup(TrainInfo(class_counts=COUNTS, class_names=tuple("abcd"), epochs=1, steps_per_epoch=1,
                            device=torch.device("cpu")))

@@ -8,6 +8,7 @@ import torch
 
 from ltbench import LtbenchError, TrainInfo, create_method
 from ltbench.methods.grw import grw_loss, grw_weights
+from tests.helpers import float64_logits
 
 COUNTS = (50, 20, 5, 2)
 FLEX_100 = (5000, 2590, 1342, 695, 360, 187, 97, 51)  # FlexSampling's train_100 counts
@@ -31,15 +32,6 @@ def naive_grw(z, y, w, eps=0.0):
     return num / den
 
 
-def _inputs(seed=0, b=6, c=4, absent=None):
-    g = torch.Generator().manual_seed(seed)
-    z = (torch.randn(b, c, generator=g, dtype=torch.float64) * 2).requires_grad_()
-    y = torch.randint(0, c, (b,), generator=g)
-    if absent is not None:
-        y[y == absent] = (absent + 1) % c
-    return z, y
-
-
 @pytest.mark.parametrize("counts", [COUNTS, FLEX_100])
 @pytest.mark.parametrize("rho", [1.0, 1.2])
 @pytest.mark.parametrize("reference", ["max", "sum"])
@@ -58,7 +50,7 @@ def test_the_2023_and_v02_references_give_the_same_weights():
 @pytest.mark.parametrize("absent", [None, 1])
 @pytest.mark.parametrize("rho", [1.0, 1.2])
 def test_method_loss_matches_naive(eps, absent, rho):
-    z, y = _inputs(seed=2, absent=absent)
+    z, y = float64_logits(seed=2, absent=absent)
     method = create_method("grw", exp_scale=rho, label_smoothing=eps)
     method.setup(TrainInfo(class_counts=COUNTS, class_names=tuple("abcd"), epochs=1, steps_per_epoch=1,
                            device=torch.device("cpu")))
@@ -70,7 +62,7 @@ def test_method_loss_matches_naive(eps, absent, rho):
 
 
 def test_divides_by_the_batch_weight_sum_not_by_b():
-    z, y = _inputs(seed=5)
+    z, y = float64_logits(seed=5)
     w = grw_weights(COUNTS).double()
     loss = grw_loss(z, y, w)
     per_sample = torch.nn.functional.cross_entropy(z, y, reduction="none")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ltbench import create_method
+from tests.helpers import float64_logits
 
 
 def naive_ce(z, y, w=None):
@@ -27,18 +28,9 @@ def naive_focal(z, y, gamma, w=None):
     return sum(terms) / len(terms)  # plain mean over B, never over the weights
 
 
-def _inputs(seed=0, b=6, c=4, absent=None):
-    g = torch.Generator().manual_seed(seed)
-    z = (torch.randn(b, c, generator=g, dtype=torch.float64) * 2).requires_grad_()
-    y = torch.randint(0, c, (b,), generator=g)
-    if absent is not None:
-        y[y == absent] = (absent + 1) % c
-    return z, y
-
-
 @pytest.mark.parametrize("absent", [None, 2])
 def test_ce_matches_naive(absent):
-    z, y = _inputs(absent=absent)
+    z, y = float64_logits(absent=absent)
     loss = create_method("ce").double().loss(z, y)
     ref = sum(naive_ce(z, y)) / len(y)
     torch.testing.assert_close(loss, ref)
@@ -49,7 +41,7 @@ def test_ce_matches_naive(absent):
 @pytest.mark.parametrize("weights", [None, [0.5, 1.0, 2.0, 4.0]])
 @pytest.mark.parametrize("absent", [None, 1])
 def test_focal_matches_naive(gamma, weights, absent):
-    z, y = _inputs(seed=3, absent=absent)
+    z, y = float64_logits(seed=3, absent=absent)
     method = create_method("focal", gamma=gamma, class_weights=weights).double()
     loss = method.loss(z, y)
     w = torch.tensor(weights, dtype=torch.float64) if weights else None
@@ -59,7 +51,7 @@ def test_focal_matches_naive(gamma, weights, absent):
 
 
 def test_focal_with_gamma_zero_is_ce_and_is_not_weight_normalised():
-    z, y = _inputs(seed=5)
+    z, y = float64_logits(seed=5)
     w = [0.5, 1.0, 2.0, 4.0]
     focal = create_method("focal", gamma=0.0, class_weights=w).double().loss(z, y)
     weighted_sum = torch.nn.functional.cross_entropy(z, y, weight=torch.tensor(w, dtype=torch.float64),

@@ -216,6 +216,23 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def run_grid(bench, out_dir: Path, prepared, execute, *, echo, force: bool, retry_failed: bool,
+             keep_checkpoints: bool, progress: bool = True) -> "Tally":
+    """The part every launcher shares: the grid, its plan (finished / stale / failed runs sorted
+    out before anything starts) and the tally; ``execute(grid, todo, tally)`` trains what is left."""
+    grid = make_grid(bench, out_dir, prepared, force=force, retry_failed=retry_failed,
+                     keep_checkpoints=keep_checkpoints)
+    grid_plan = plan(grid)
+    tally = Tally(len(grid.tasks()), echo, bar=progress)
+    try:
+        tally.planned(grid_plan, grid.tasks())
+        if grid_plan.todo:
+            execute(grid, grid_plan.todo, tally)
+    finally:
+        tally.close()
+    return tally
+
+
 class Tally:
     """Outcomes of the grid, as ``run_benchmark`` reports them, and the combined progress display.
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ltbench.errors import LtbenchError
-from ltbench.launchers.grid import Grid, Tally, Task, make_grid, plan, prepare, register_methods, run_task
+from ltbench.launchers.grid import Grid, Tally, Task, prepare, register_methods, run_grid, run_task
 
 
 def plan_slots(jobs: int | None, gpus: list[int] | None, runs_per_gpu: int | None) -> list[int | None]:
@@ -75,18 +75,12 @@ class LocalLauncher:
 
     def __call__(self, bench, out_dir: Path, prepared, *, echo, warn, force: bool, retry_failed: bool,
                  keep_checkpoints: bool, progress: bool = True):
-        grid = make_grid(bench, out_dir, prepared, force=force, retry_failed=retry_failed,
-                         keep_checkpoints=keep_checkpoints)
-        grid_plan = plan(grid)
-        tally = Tally(len(grid.tasks()), echo, bar=progress)
-        try:
-            tally.planned(grid_plan, grid.tasks())
-            if grid_plan.todo:
-                echo(self.describe() + f"; logs: {Path(out_dir) / 'logs'}/worker<k>.log")
-                _Pool(grid, self.slots, self.threads, tally).run(grid_plan.todo)
-        finally:
-            tally.close()
-        return tally
+        def execute(grid: Grid, todo: list[Task], tally: Tally) -> None:
+            echo(self.describe() + f"; logs: {Path(out_dir) / 'logs'}/worker<k>.log")
+            _Pool(grid, self.slots, self.threads, tally).run(todo)
+
+        return run_grid(bench, out_dir, prepared, execute, echo=echo, force=force, retry_failed=retry_failed,
+                        keep_checkpoints=keep_checkpoints, progress=progress)
 
 
 @contextmanager

@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ltbench.errors import LtbenchError
-from ltbench.launchers.grid import (Grid, Tally, Task, cpu_count, make_grid, plan, prepare, register_methods,
-                                    run_task)
+from ltbench.launchers.grid import Grid, Tally, Task, cpu_count, prepare, register_methods, run_grid, run_task
 
 INSTALL_HINT = "pip install 'ltbench[slurm]'"
 DEFAULT_TIME_MIN = 24 * 60
@@ -123,17 +122,9 @@ class SlurmLauncher:
     def __call__(self, bench, out_dir: Path, prepared, *, echo, warn, force: bool, retry_failed: bool,
                  keep_checkpoints: bool, progress: bool = True):
         self.check()
-        grid = make_grid(bench, out_dir, prepared, force=force, retry_failed=retry_failed,
-                         keep_checkpoints=keep_checkpoints)
-        grid_plan = plan(grid)
-        tally = Tally(len(grid.tasks()), echo, bar=progress)
-        try:
-            tally.planned(grid_plan, grid.tasks())
-            if grid_plan.todo:
-                self._submit_and_wait(grid, grid_plan.todo, tally, echo)
-        finally:
-            tally.close()
-        return tally
+        return run_grid(bench, out_dir, prepared, lambda grid, todo, tally: self._submit_and_wait(grid, todo, tally, echo),
+                        echo=echo, force=force, retry_failed=retry_failed, keep_checkpoints=keep_checkpoints,
+                        progress=progress)
 
     def _submit_and_wait(self, grid: Grid, todo: list[Task], tally: Tally, echo) -> None:
         folder = Path(grid.out_dir) / "slurm"

@@ -252,3 +252,17 @@ def test_bench_takes_set_and_the_retrieval_switch(capsys, monkeypatch, tmp_path)
     assert "retrieval" not in result and not (tmp_path / "out" / "runs" / "ce" / "seed0.emb.npz").exists()
     assert_one_line_error(cli("bench", "--benchmark", "b.yaml", "--ratio", "300"), "--ratio 300", "choose one of")
     assert_one_line_error(cli("bench", "--benchmark", "b.yaml", "--set", "momentum=-1"), "--set momentum=-1")
+
+
+def test_train_retrieval_flag_runs_the_pass_and_prints_its_headline(capsys, monkeypatch, tmp_path):
+    import json
+
+    from tests.test_cli import run_inline
+
+    proc = run_inline("train", "--method", "ce", "--dataset", "synthetic", "--epochs", "1", "--retrieval",
+                      "--out", str(tmp_path / "out"), capsys=capsys, monkeypatch=monkeypatch, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "retrieval (class-macro): feature mAP@all" in proc.stdout
+    result = json.loads((tmp_path / "out" / "runs" / "ce" / "seed0.json").read_text())
+    assert result["retrieval"]["spaces"]["feature"]["map_all"]["macro"] >= 0
+    assert (tmp_path / "out" / "runs" / "ce" / "seed0.emb.npz").is_file()

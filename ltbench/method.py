@@ -23,6 +23,7 @@ as attributes of the same name, so ``get_params()`` can be saved with every resu
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import ClassVar
@@ -114,9 +115,11 @@ class Method(nn.Module):
              Stage(samplers=(("instance", ("standard",)),), trains=("classifier",), lr=0.1)]
 
         Called once, after ``setup`` and ``build_model``. The stage of an epoch follows from the
-        epoch alone (``ltbench.stages.stage_bounds`` / ``stage_index``).
+        epoch alone (``ltbench.stages.stage_bounds`` / ``stage_index``). A method with a ``view``
+        keyword (ce, rotation_hashing) trains its one stream on that preset instead of ``views``.
         """
-        return [Stage(samplers=tuple(self.samplers), views=tuple(self.views))]
+        view = getattr(self, "view", None)
+        return [Stage(samplers=tuple(self.samplers), views=(view,) if view else tuple(self.views))]
 
     def on_train_start(self, run: "RunAccess") -> None:
         """Called once before the first epoch, after ``stages``, with the model still as built.
@@ -235,11 +238,9 @@ class LossMethod(Method):
             self.register_buffer("mixup_generator_state", mixup_generator(info.seed).get_state())
 
     def stages(self, info: TrainInfo) -> list[Stage]:
-        # ``view``: a subclass keyword naming its one training view (ce's; "standard" = the class's views)
-        sampler, view = getattr(self, "sampler", "instance"), getattr(self, "view", "standard")
-        if sampler == "instance" and view == "standard":
-            return super().stages(info)
-        return [Stage(samplers=(sampler,), views=tuple(self.views) if view == "standard" else (view,))]
+        (stage,) = super().stages(info)
+        sampler = getattr(self, "sampler", "instance")
+        return [stage if sampler == "instance" else dataclasses.replace(stage, samplers=(sampler,))]
 
     def training_step(self, model: nn.Module, batch: Batch) -> StepResult:
         if not getattr(self, "mixup_alpha", 0.0) > 0:

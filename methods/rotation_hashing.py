@@ -48,7 +48,6 @@ from ltbench.errors import LtbenchError
 from ltbench.method import Batch, Method, StepResult, TrainInfo
 from ltbench.models import Backbone, add_spatial_attention
 from ltbench.registry import register_method
-from ltbench.stages import Stage
 
 
 # --- losses and pieces -------------------------------------------------------------------------
@@ -133,9 +132,6 @@ class RotationHashing(Method):
         self.radius = radius  # for p10_r4_macro (ltbench.retrieval)
         self.top_k = top_k
         self.view = view  # the training view: "plain_half" is the code's pipeline (no augmentation, 0.5/0.5)
-
-    def stages(self, info: TrainInfo) -> list[Stage]:
-        return [Stage(samplers=tuple(self.samplers), views=(self.view,))]
 
     def build_model(self, backbone: Backbone, info: TrainInfo) -> nn.Module:
         if self.attention:

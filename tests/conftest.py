@@ -42,3 +42,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def shared_isic2019(shared_data: Path):
+    """The shared ISIC 2019 labels and lesion ids as an ImageSet (paths in the official layout, no pixels)."""
+    import numpy as np
+    import pandas as pd
+
+    from ltbench.data.base import ImageSet
+    from ltbench.data.isic import ISIC2019_COLUMNS, read_onehot_csv
+
+    isic = shared_data / "isic"
+    ids, labels = read_onehot_csv(isic / "ISIC_2019_Training_GroundTruth.csv", ISIC2019_COLUMNS)
+    meta = pd.read_csv(isic / "ISIC_2019_Training_Metadata.csv", dtype=str, keep_default_na=False).set_index("image")
+    groups = np.array([meta.at[i, "lesion_id"] or None for i in ids], dtype=object)
+    return ImageSet(ids=ids, labels=labels, class_names=ISIC2019_COLUMNS[:8],
+                    paths=[Path("ISIC_2019_Training_Input") / f"{i}.jpg" for i in ids], groups=groups)

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from ltbench.data.base import ImageSet
-from ltbench.data.isic import ISIC2019_COLUMNS, read_onehot_csv
 from ltbench.data.published_splits import FLEX_8_CLASSES, carve_validation, read_npy_names
 from ltbench.data.splits import leak_report, make_split
 from ltbench.errors import LtbenchError
@@ -20,13 +19,8 @@ FLEX_TEST_LEAK = {100: (328, 674), 200: (260, 662), 500: (214, 671)}  # README: 
 
 
 @pytest.fixture(scope="module")
-def isic2019(shared_data: Path) -> ImageSet:
-    isic = shared_data / "isic"
-    ids, labels = read_onehot_csv(isic / "ISIC_2019_Training_GroundTruth.csv", ISIC2019_COLUMNS)
-    meta = pd.read_csv(isic / "ISIC_2019_Training_Metadata.csv", dtype=str, keep_default_na=False).set_index("image")
-    groups = np.array([meta.at[i, "lesion_id"] or None for i in ids], dtype=object)
-    return ImageSet(ids=ids, labels=labels, class_names=ISIC2019_COLUMNS[:8], paths=[Path(f"{i}.jpg") for i in ids],
-                    groups=groups)
+def isic2019(shared_isic2019: ImageSet) -> ImageSet:
+    return shared_isic2019
 
 
 @pytest.fixture(scope="module")

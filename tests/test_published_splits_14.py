@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 from ltbench.data.base import ImageSet
-from ltbench.data.isic import ISIC2019_COLUMNS, read_onehot_csv
 from ltbench.data.published_splits import (FLEX14_EXTRA_FOLDER, FLEX14_KIND, FLEX_14_CLASSES,
                                            flexsampling14_image_set, read_npy_names)
 from ltbench.data.splits import image_set_for_split, leak_report, make_split
@@ -36,13 +35,8 @@ def flex14(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def isic2019(shared_data: Path) -> ImageSet:
-    isic = shared_data / "isic"
-    ids, labels = read_onehot_csv(isic / "ISIC_2019_Training_GroundTruth.csv", ISIC2019_COLUMNS)
-    meta = pd.read_csv(isic / "ISIC_2019_Training_Metadata.csv", dtype=str, keep_default_na=False).set_index("image")
-    groups = np.array([meta.at[i, "lesion_id"] or None for i in ids], dtype=object)
-    return ImageSet(ids=ids, labels=labels, class_names=ISIC2019_COLUMNS[:8],
-                    paths=[Path("ISIC_2019_Training_Input") / f"{i}.jpg" for i in ids], groups=groups)
+def isic2019(shared_isic2019: ImageSet) -> ImageSet:
+    return shared_isic2019
 
 
 def _extra_ids(flex14: Path, isic2019: ImageSet) -> list[str]:

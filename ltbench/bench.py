@@ -168,7 +168,7 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
     if train_flags:
         layers.append(cfg.Layer("command line", train_flags, cfg.flag(), text=True))
     if settings:
-        layers.append(cfg.Layer("command line", dict(settings), lambda k, v: f"--set {k}={v}", text=True))
+        layers.append(cfg.set_layer(settings))
     config, sources = cfg.train_config(dataset["name"], *layers)
 
     seeds = cfg.seeds(raw.get("seeds", [0, 1, 2]), f"{path}: seeds")

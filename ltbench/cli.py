@@ -13,27 +13,6 @@ import click
 from ltbench.errors import LtbenchError
 
 
-def set_layer(settings: tuple[str, ...]):
-    """The ``--set KEY=VALUE`` training settings as the last configuration layer."""
-    from ltbench import config as cfg
-
-    return cfg.Layer("command line", _parse_params(settings, option="--set"), lambda k, v: f"--set {k}={v}", text=True)
-
-
-def _parse_params(pairs: tuple[str, ...], option: str = "--param") -> dict[str, str]:
-    """``--param KEY=VALUE`` pairs as text; ``ltbench.config.method_params`` converts them by type."""
-    params: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise LtbenchError(f"{option} {pair!r}: expected KEY=VALUE")
-        if key in params:
-            raise LtbenchError(f"{option} {pair}: {key} is given twice")
-        params[key] = value
-    return params
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ltbench")
 def cli() -> None:
@@ -112,7 +91,7 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
     # Everything the command line says is converted and checked here, before any file is read.
     get_method_class(method)  # fail fast on an unknown name
     get_dataset(dataset)
-    params = cfg.method_params(method, _parse_params(params), cfg.param_flag, text=True)
+    params = cfg.method_params(method, cfg.key_value_pairs(params, "--param"), cfg.param_flag, text=True)
     split_flags = {"kind": split_kind, "seed": split_seed, "dir": split_dir, "file": split_file, "ratio": split_ratio,
                    "classes": split_classes}
     split = cfg.read(cfg.split_settings(classes=True), {k: str(v) for k, v in split_flags.items() if v is not None},
@@ -122,7 +101,7 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
     flags = {"backbone": backbone, "pretrained": pretrained, "image_size": image_size, "epochs": epochs,
              "batch_size": batch_size, "lr": lr, "select_metric": select_metric, "device": device, "seed": seed}
     config, sources = cfg.train_config(dataset, cfg.Layer("command line", flags, cfg.flag(), text=True),
-                                       set_layer(settings))
+                                       cfg.set_layer(cfg.key_value_pairs(settings, "--set")))
     spec = DataSpec(dataset=dataset, data_root=str(data_root) if data_root else None, split=split.get("kind"),
                     split_seed=split.get("seed", 0), split_dir=split.get("dir"), split_file=split.get("file"),
                     cache_dir=str(cache_dir) if cache_dir else None, split_ratio=split.get("ratio"),
@@ -207,7 +186,7 @@ def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, backbone, pretr
     bench = load_benchmark(benchmark_path, train_flags={
         "epochs": epochs, "device": device, "backbone": backbone, "pretrained": pretrained,
         "image_size": image_size, "batch_size": batch_size, "lr": lr, "select_metric": select_metric},
-        settings=_parse_params(settings, option="--set"),
+        settings=cfg.key_value_pairs(settings, "--set"),
         split_flags={"ratio": split_ratio, "classes": split_classes})
     if retrieval is not None:
         import dataclasses

@@ -469,6 +469,21 @@ def method_params(method: str, params: Mapping, label: Label, text: bool = False
                 open_ended=open_ended)
 
 
+def key_value_pairs(pairs, option: str) -> dict[str, str]:
+    """``KEY=VALUE`` command-line pairs as text (``--param``, ``--set``, ``--slurm``); each is
+    converted later by its setting's type. A malformed or repeated key is one line naming ``option``."""
+    out: dict[str, str] = {}
+    for pair in pairs or ():
+        key, sep, value = str(pair).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise LtbenchError(f"{option} {pair!r}: expected KEY=VALUE")
+        if key in out:
+            raise LtbenchError(f"{option} {pair}: {key} is given twice")
+        out[key] = value
+    return out
+
+
 def seeds(value: object, label: str, text: bool = False) -> list[int]:
     """A non-empty list of distinct run seeds (YAML list, or text like ``0,1,2``)."""
     if text and isinstance(value, str):
@@ -524,6 +539,11 @@ class Layer:
     values: Mapping
     label: Label
     text: bool = False
+
+
+def set_layer(settings: Mapping[str, str]) -> Layer:
+    """``--set KEY=VALUE`` text (:func:`key_value_pairs`) as the last layer of training settings."""
+    return Layer("command line", dict(settings), lambda k, v: f"--set {k}={v}", text=True)
 
 
 def train_config(dataset: str, *layers: Layer) -> tuple[Any, dict[str, Layer]]:

@@ -46,20 +46,6 @@ def parse_gpus(value: str | None) -> list[int] | None:
     return gpus
 
 
-def parse_pairs(pairs, option: str = "--slurm") -> dict[str, str]:
-    """``--slurm KEY=VALUE`` pairs as text (converted by ``ltbench.config.slurm_settings``)."""
-    out: dict[str, str] = {}
-    for pair in pairs or ():
-        key, sep, value = str(pair).partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise LtbenchError(f"{option} {pair!r}: expected KEY=VALUE")
-        if key in out:
-            raise LtbenchError(f"{option} {pair}: {key} is given twice")
-        out[key] = value
-    return out
-
-
 def _cuda_count() -> int:
     import torch
 
@@ -80,7 +66,7 @@ def make_launcher(bench, launcher: str | None = None, *, jobs=None, gpus=None, r
     jobs, runs_per_gpu, threads = (_count("--jobs", jobs), _count("--runs-per-gpu", runs_per_gpu),
                                    _count("--threads", threads))
     gpu_list = parse_gpus(gpus)
-    pairs = parse_pairs(slurm)
+    pairs = cfg.key_value_pairs(slurm, "--slurm")
     if launcher == "slurm":
         for option, value in (("--jobs", jobs), ("--gpus", gpus), ("--runs-per-gpu", runs_per_gpu),
                               ("--threads", threads)):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from ltbench.metrics import compute_metrics
 from ltbench.report import load_results, write_report
+from tests.test_report import md_rows
 
 CLASSES = ["nv", "mel", "bcc"]
 TRAIN = [60, 25, 8]
@@ -46,15 +47,6 @@ def _write(root: Path, results_and_probs) -> list[dict]:
         np.savez(folder / f"seed{r['seed']}.npz", test_labels=LABELS, test_probs=probs)
         out.append(r)
     return out
-
-
-def md_rows(text: str) -> dict[str, list[str]]:
-    rows = {}
-    for line in text.splitlines():
-        if line.startswith("|") and not line.startswith("|--") and "Method" not in line:
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            rows[cells[0]] = cells[1:]
-    return rows
 
 
 @pytest.fixture()

@@ -219,21 +219,19 @@ def _protocol_options(result: dict) -> str:
     """The optimiser and schedule, and any other result-changing setting away from its default."""
     from ltbench.config import train_settings
 
-    config = result.get("config", {})
-    optimizer = config.get("optimizer", "sgd")
-    text = (f"{optimizer} (momentum {config.get('momentum', 0.9)}" if optimizer == "sgd"
-            else f"{optimizer} (betas {tuple(config.get('betas', (0.9, 0.999)))}")
-    text += f", weight decay {config.get('weight_decay', 1e-4)}), {config.get('lr_schedule', 'cosine')} lr"
+    settings = train_settings()
+    # A result written before a setting existed ran at its default (the run key says the same).
+    config = {k: result.get("config", {}).get(k, s.default) for k, s in settings.items()}
+    config = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in config.items()}
+    text = (f"sgd (momentum {config['momentum']}" if config["optimizer"] == "sgd"
+            else f"{config['optimizer']} (betas {tuple(config['betas'])}")
+    text += f", weight decay {config['weight_decay']}), {config['lr_schedule']} lr"
     shown = {"backbone", "pretrained", "image_size", "epochs", "batch_size", "lr", "select_metric", "optimizer",
              "momentum", "betas", "weight_decay", "lr_schedule", "device", "seed", "eval_batch_size"}
-    for key, setting in train_settings().items():
-        if key in shown or key not in config:
-            continue
-        default = setting.default
-        value = config[key]
-        if (list(value) if isinstance(value, (list, tuple)) else value) != (
-                list(default) if isinstance(default, (list, tuple)) else default):
-            text += f", {key} {value}"
+    for key, setting in settings.items():
+        default = list(setting.default) if isinstance(setting.default, (list, tuple)) else setting.default
+        if key not in shown and config[key] != default:
+            text += f", {key} {config[key]}"
     return text
 
 

@@ -156,3 +156,12 @@ def test_a_bad_mask_is_one_clear_error(data, mask, problem):
 
     with pytest.raises(LtbenchError, match=problem):
         Trainer(cpu_config(epochs=1), progress=False).fit(Bad(), data.bundle)
+
+
+def test_stream_positions_must_match_its_rows(data):
+    from ltbench.data.loader import TrainStream
+
+    b = data.bundle
+    with pytest.raises(ValueError, match="positions and rows differ in length"):
+        TrainStream(b.pixels, b.train[:4], b.labels[b.train[:4]], "instance", 2, [], torch.device("cpu"),
+                    torch.Generator(), positions=np.arange(3))

@@ -30,6 +30,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ltbench.models import Backbone, Classifier
@@ -154,6 +155,11 @@ class Method(nn.Module):
     def predict(self, model: nn.Module, images: Tensor) -> Tensor:
         """Logits whose argmax is the prediction and whose softmax gives the probabilities."""
         return model(images)
+
+    def probe_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Per-sample losses ([N], float64 in, float64 out) a probe stage (``ltbench.stages.Probe``)
+        minimises; the stage's sampler becomes per-sample weights. Default: cross-entropy."""
+        return F.cross_entropy(logits, labels, reduction="none")
 
     def representations(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
         """Named N×d representations of ``images`` for retrieval (docs/retrieval.md).

@@ -27,6 +27,16 @@ line otherwise); a stage of length 0 is skipped. Stage k covers 0-indexed epochs
 ``[start_k, start_k + length_k)`` with ``start_k`` the sum of the earlier lengths
 (:func:`stage_bounds`). A method that needs a minimum length computes ``epochs`` itself from
 ``info.epochs``.
+
+**Stages beyond the budget.** A stage with ``extra=True`` gives ``epochs`` on top of E (a classifier
+stage with its own budget after a representation stage that took the whole of E, issue 20); the
+other stages still sum to E. Bounds run over ``E + Σ extra``.
+
+**Probe stages.** A stage with ``probe=Probe(...)`` trains no epochs: after the stages before it, the
+trainer computes the eval view's inputs of the one ``nn.Linear`` the stage ``trains`` once over the
+training rows and fits that layer to convergence, full batch (:class:`Probe`). It must be the last
+stage; it is selectable as one evaluation (its history record carries ``probe``: loss, iterations,
+gradient norm, tolerance, ``converged``).
 """
 from __future__ import annotations
 
@@ -35,9 +45,47 @@ from dataclasses import dataclass
 from typing import Sequence, Union
 
 from ltbench.errors import LtbenchError
+from ltbench.schedules import LR_SCHEDULES
 
 #: A stream entry: a sampler name, or (sampler name, the stream's view presets).
 StreamSpec = Union[str, tuple[str, tuple[str, ...]]]
+
+#: Samplers whose expected loss weighs every class alike; a probe replaces them by class weights.
+BALANCED_SAMPLERS = ("class_balanced", "class_aware")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A linear classifier fitted to convergence on frozen features (a probe stage's settings).
+
+    Objective, in float64 on standardised features z = (x − μ)/σ (μ, σ over the training rows;
+    folded back into the layer afterwards, so ``predict`` is unchanged)::
+
+        Σ_i w_i · ℓ(W z_i + b, y_i)  +  l2/2 · ‖W‖²,   Σ_i w_i = 1
+
+    with ℓ the method's per-sample loss (``Method.probe_loss``) and w from ``sampler`` as the
+    sampler's expected batch would weigh a sample: ``instance`` 1/N; ``class_balanced`` and
+    ``class_aware`` 1/(C·n_c) (every class alike, TSC's class-aware linear stage); ``reversed``
+    ∝ (n_max/n_c)/n_c. L-BFGS with a strong-Wolfe line search runs from zero weights until the
+    largest absolute gradient entry is ≤ ``tolerance`` (``converged``) or ``max_iter`` iterations.
+    ``l2 = 1e-3`` is scikit-learn's ``LogisticRegression(C=1)`` on 1,000 standardised samples and
+    keeps the problem bounded on separable features (without it the weights grow without end).
+    """
+
+    l2: float = 1e-3
+    tolerance: float = 1e-5
+    max_iter: int = 1000
+    sampler: str = "instance"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.l2, (int, float)) and self.l2 >= 0 and math.isfinite(self.l2)):
+            raise LtbenchError(f"probe: l2 must be a finite number >= 0, got {self.l2!r}")
+        if not (isinstance(self.tolerance, (int, float)) and self.tolerance > 0):
+            raise LtbenchError(f"probe: tolerance must be positive, got {self.tolerance!r}")
+        if not (isinstance(self.max_iter, int) and 1 <= self.max_iter <= 100_000):
+            raise LtbenchError(f"probe: max_iter must be an integer in [1, 100000], got {self.max_iter!r}")
+        if self.sampler not in ("instance", "reversed") + BALANCED_SAMPLERS:
+            raise LtbenchError(f"probe: unknown sampler {self.sampler!r}")
 
 
 @dataclass(frozen=True)
@@ -54,6 +102,10 @@ class Stage:
     optimizer: str | None = None  # "sgd" | "adam"; None: the config's optimizer
     selectable: bool = True  # may one of its epochs be the best-validation checkpoint?
     name: str = ""  # for logs and the history (``stage`` field of multi-stage runs)
+    extra: bool = False  # its ``epochs`` come on top of the run's budget E
+    lr_schedule: str | None = None  # None: the config's (cosine | step | constant)
+    lr_milestones: tuple[int, ...] | None = None  # step schedule, epochs of the stage; None: the config's
+    probe: Probe | None = None  # a closed-form linear fit instead of epochs (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.fraction is not None:
@@ -64,6 +116,14 @@ class Stage:
             raise LtbenchError(f"stage {self.name or '?'}: fraction must be in [0, 1], got {self.fraction!r}")
         if self.optimizer not in (None, "sgd", "adam"):
             raise LtbenchError(f"stage {self.name or '?'}: optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.lr_schedule not in (None,) + LR_SCHEDULES:
+            raise LtbenchError(f"stage {self.name or '?'}: lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                               f"got {self.lr_schedule!r}")
+        if self.extra and (self.epochs is None or self.probe is not None):
+            raise LtbenchError(f"stage {self.name or '?'}: a stage beyond the budget (extra) needs epochs")
+        if self.probe is not None and (self.epochs or self.fraction or self.trains is None or len(self.trains) != 1):
+            raise LtbenchError(f"stage {self.name or '?'}: a probe stage trains exactly one Linear module "
+                               "(trains=(path,)) and has no epochs or fraction")
         if self.trains is not None and (isinstance(self.trains, str) or not self.trains):
             raise LtbenchError(f"stage {self.name or '?'}: trains must be a non-empty tuple of module paths "
                                f"(or None for the whole model), got {self.trains!r}")
@@ -95,9 +155,13 @@ def stage_lengths(stages: Sequence[Stage], epochs: int) -> list[int]:
     """The epochs of each stage (rules in the module docstring)."""
     if not stages:
         raise LtbenchError("a method must declare at least one stage")
+    if any(stage.probe is not None for stage in stages[:-1]):
+        raise LtbenchError("stages: a probe stage must be the last stage")
     lengths: list[int | None] = []
     for stage in stages:
-        if stage.epochs is not None:
+        if stage.probe is not None:
+            lengths.append(0)
+        elif stage.epochs is not None:
             lengths.append(stage.epochs)
         elif stage.fraction is not None:
             lengths.append(math.floor(stage.fraction * epochs + 0.5))
@@ -106,12 +170,19 @@ def stage_lengths(stages: Sequence[Stage], epochs: int) -> list[int]:
     open_ = [k for k, n in enumerate(lengths) if n is None]
     if len(open_) > 1:
         raise LtbenchError("stages: at most one stage may leave both epochs and fraction unset")
-    fixed = sum(n for n in lengths if n is not None)
+    in_budget = [k for k, stage in enumerate(stages) if not stage.extra]
+    fixed = sum(lengths[k] for k in in_budget if lengths[k] is not None)
     if open_:
         lengths[open_[0]] = epochs - fixed
-    if any(n < 0 for n in lengths) or sum(lengths) != epochs:
-        raise LtbenchError(f"stages: lengths {lengths} do not add up to the run's {epochs} epochs")
+    if any(n < 0 for n in lengths) or sum(lengths[k] for k in in_budget) != epochs:
+        shown = [n for k, n in enumerate(lengths) if not stages[k].extra]
+        raise LtbenchError(f"stages: lengths {shown} do not add up to the run's {epochs} epochs")
     return lengths  # type: ignore[return-value]
+
+
+def total_epochs(stages: Sequence[Stage], epochs: int) -> int:
+    """Epochs the run trains: the budget E plus those of stages beyond it (``extra``)."""
+    return sum(stage_lengths(stages, epochs))
 
 
 def stage_bounds(stages: Sequence[Stage], epochs: int) -> list[tuple[int, int]]:

@@ -2,19 +2,21 @@
 ISIC (SimCLR: Chen et al., ICML 2020, google-research/simclr; NT-Xent as HobbitLong/SupContrast's
 ``SupConLoss(features)`` computes it with no labels; focal loss: Lin et al., ICCV 2017).
 
-Two stages in one epoch budget E (``ltbench.stages``), the shape of SCL (``methods/scl.py``):
+Two stages (``ltbench.stages``), the shape of SCL (``methods/scl.py``):
 
-1. **Representation** (``E − E₂`` epochs, not selectable): NT-Xent (``supcon_loss(z, labels=None)``)
+1. **Representation** (the whole budget E, not selectable): NT-Xent (``supcon_loss(z, labels=None)``)
    on the two ``contrastive`` views of **instance** batches — no labels are used; the only positive
    of a view is the other view of the same image; the other 2B − 2 views are negatives.
-2. **Linear probe** (``E₂ = max(1, floor(classifier_fraction · E + 0.5))`` epochs): a Linear layer
-   on the frozen backbone (no gradient, BatchNorm in eval mode), trained with the softmax focal loss
-   (``ltbench.methods.focal.focal_loss``, γ = 2) on ``standard`` views of instance batches, lr 0.1,
-   weight decay 0 (SupContrast's ``main_linear.py``), cosine over its own epochs.
+2. **Linear probe** on the frozen backbone (BatchNorm in eval mode), trained with the softmax focal
+   loss (``ltbench.methods.focal.focal_loss``, γ = 2), with its own budget after E: by default the
+   L-BFGS fit to convergence on the eval view's features (``ltbench.stages.Probe``; SimCLR's own
+   appendix B.6 fits its linear evaluation with L-BFGS on frozen features); ``probe="sgd"``: SupContrast's
+   ``main_linear.py`` (100 epochs of ``standard`` views of instance batches, lr 0.1 — its README uses 1
+   for SimCLR — ×0.1 at 60/75/90, weight decay 0).
 
 Deviations: T = 0.1 (google-research/simclr's default ``--temperature``; SupContrast's scripts use
 0.5 for SimCLR on CIFAR; ``temperature`` sets it), no T/T_base rescaling; one budget E split by
-``classifier_fraction`` (SimCLR pre-trains for hundreds of epochs, then probes for 90–100); the run's
+E epochs of pre-training (SimCLR pre-trains for hundreds of epochs, then probes for 90–100); the run's
 SGD lr/momentum/weight decay in stage 1 instead of LARS at batch 4096; ECL's ``contrastive``
 augmentation preset instead of SimCLR's crop + strong jitter + blur; the probe trains on augmented
 (``standard``) views instead of SimCLR's centre crops; the probe's loss is focal, not CE, as in the
@@ -23,6 +25,8 @@ features together in one stage.
 """
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ltbench.losses import supcon_loss
@@ -42,10 +46,16 @@ class SimCLR(TwoStageContrastive):
         dim: int = 128,
         temperature: float = 0.1,
         gamma: float = 2.0,
-        classifier_fraction: float = 0.2,
+        joint: bool = False,
+        probe: str = "lbfgs",
+        probe_l2: float = 1e-3,
+        probe_tolerance: float = 1e-5,
+        probe_max_iter: int = 1000,
+        probe_sampler: str = "instance",
+        probe_epochs: int = 100,  # probe="sgd": main_linear.py
         classifier_lr: float | None = 0.1,
         classifier_weight_decay: float | None = 0.0,
-        joint: bool = False,
+        probe_milestones: tuple[int, ...] = (60, 75, 90),
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -54,10 +64,16 @@ class SimCLR(TwoStageContrastive):
             raise ValueError(f"SimCLR: gamma must be >= 0, got {gamma}")
         self.temperature = temperature
         self.gamma = gamma
-        self._init_stage_params(dim, classifier_fraction, classifier_lr, classifier_weight_decay, joint)
+        self._init_stage_params(dim, joint, probe, probe_l2, probe_tolerance, probe_max_iter, probe_sampler,
+                                probe_epochs, classifier_lr, classifier_weight_decay, probe_milestones)
 
     def representation_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         return supcon_loss(embeddings, None, temperature=self.temperature)
 
     def classifier_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return focal_loss(logits.float(), labels, self.gamma)
+
+    def probe_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Per-sample focal loss ``(1 − p)^γ · ce`` (``focal_loss`` before its mean)."""
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        return (1 - torch.exp(-ce)) ** self.gamma * ce

@@ -8,9 +8,13 @@ D ≥ C − 1; otherwise the official objective ``mean_i log Σ_j exp(t_i·t_j /
 (``target_generation.py``) minimised with Adam in **float64** (the official float32 run stalls at
 this temperature) from a seeded start.
 
-Two stages in one budget, as SCL (``methods/scl.py``): representation (not selectable; instance
-batches, two ``contrastive`` views), then a linear classifier on the frozen encoder
-(``classifier_fraction``, lr 0.1, weight decay 0, CE on ``standard`` views).
+Two stages, as SCL (``methods/scl.py``): representation over the whole budget E (not selectable;
+instance batches, two ``contrastive`` views), then a linear classifier on the frozen encoder with its
+own budget. Default: the L-BFGS probe (``ltbench.stages.Probe``) with cross-entropy and
+``probe_sampler = "class_aware"`` as class weights — every class weighs alike, as the class-aware
+sampler of the official ``main_lincls_imba.py`` (4 images per class) makes the expected batch.
+``probe="sgd"``: that script's augmented linear evaluation — 40 epochs beyond E of class-aware
+batches, SGD lr 10 (``classifier_lr``), ×0.1 at epochs 20 and 30, weight decay 0.
 
 Variant ``"supcon"`` (default; the repository's CIFAR code ``cifar_dirty/main_supcon_imba.py``)
 ------------------------------------------------------------------------------------------------
@@ -37,8 +41,9 @@ T = 0.07, log-softmax over all; positives P(i) = {k} ∪ {queue entries labelled
 
 Deviations from the official code
 ---------------------------------
-* One budget E split between the stages; the run's lr / weight decay / cosine in stage 1 (official
-  CIFAR: lr 0.05 with step decay at 700/800/900 of 1000 epochs; ImageNet: 0.03, 200 epochs).
+* E epochs for the representation at the run's lr / weight decay / cosine (official CIFAR: lr 0.05
+  with step decay at 700/800/900 of 1000 epochs; ImageNet: 0.03, 200 epochs); the default
+  classifier is the converged probe, not 40 SGD epochs (``probe="sgd"`` runs those).
 * Augmentations: the ``contrastive`` preset (the skin-lesion pipeline), not the official CIFAR or
   ImageNet pipelines; the classifier stage uses ``standard``.
 * Targets: the simplex is exact and deterministic (the official script optimises even when
@@ -170,10 +175,16 @@ class TSC(TwoStageContrastive):
         target_weight: float = 0.2,
         queue_size: int = 4096,
         key_momentum: float = 0.999,
-        classifier_fraction: float = 0.2,
-        classifier_lr: float | None = 0.1,
-        classifier_weight_decay: float | None = 0.0,
         joint: bool = False,
+        probe: str = "lbfgs",
+        probe_l2: float = 1e-3,
+        probe_tolerance: float = 1e-5,
+        probe_max_iter: int = 1000,
+        probe_sampler: str = "class_aware",  # main_lincls_imba.py's class-aware sampler
+        probe_epochs: int = 40,  # probe="sgd": main_lincls_imba.py
+        classifier_lr: float | None = 10.0,  # probe="sgd": main_lincls_imba.py
+        classifier_weight_decay: float | None = 0.0,
+        probe_milestones: tuple[int, ...] = (20, 30),  # probe="sgd": lr ×0.1 at these epochs
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -193,7 +204,8 @@ class TSC(TwoStageContrastive):
         self.target_weight = target_weight
         self.queue_size = queue_size
         self.key_momentum = key_momentum
-        self._init_stage_params(dim, classifier_fraction, classifier_lr, classifier_weight_decay, joint)
+        self._init_stage_params(dim, joint, probe, probe_l2, probe_tolerance, probe_max_iter, probe_sampler,
+                                probe_epochs, classifier_lr, classifier_weight_decay, probe_milestones)
         # The key encoder is listed so that it runs in train mode (MoCo's key BatchNorm uses batch
         # statistics); its parameters keep requires_grad=False, so the optimiser never moves them.
         self.representation_parts = (("backbone", "head", "key_backbone", "key_head") if variant == "moco"

@@ -61,13 +61,14 @@ def assert_same_run(a, b) -> None:
         np.testing.assert_array_equal(a.arrays[key], b.arrays[key])
 
 
-# TSC: stage 0 = epochs 0-1, stage 1 = epoch 2, so it resumes inside a stage and at a stage start.
-CASES = [("ce", {}, 2), ("ecl", {}, 2),
-         pytest.param("tsc", {"variant": "moco", "queue_size": 64, "classifier_fraction": 0.34}, 3,
+# TSC: stage 0 = epochs 0-1, stage 1 = epoch 2 (beyond the budget), so it resumes inside a stage and at a
+# stage start. SCL: the L-BFGS probe after the last epoch, also from the last checkpoint (a kill during the probe).
+CASES = [("ce", {}, 2), ("ecl", {}, 2), ("scl", {}, 2),
+         pytest.param("tsc", {"variant": "moco", "queue_size": 64, "probe": "sgd", "probe_epochs": 1}, 2,
                       marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize("name,params,epochs", CASES, ids=["ce", "ecl", "tsc"])
+@pytest.mark.parametrize("name,params,epochs", CASES, ids=["ce", "ecl", "scl", "tsc"])
 def test_resuming_from_every_epoch_equals_the_uninterrupted_run(name, params, epochs, data, tmp_path):
     config = cpu_config(epochs=epochs)
     store = CopyingStore(tmp_path / "run", "key")
@@ -75,8 +76,8 @@ def test_resuming_from_every_epoch_equals_the_uninterrupted_run(name, params, ep
     if name == "ce":  # writing checkpoints changes nothing (the golden test covers runs without a store)
         assert_same_run(Trainer(config, progress=False).fit(create_method(name), data.bundle), saved_run)
     plain_run = saved_run
-    assert len(store.copies) == epochs and store.previous.is_file()
-    for epoch, copy in enumerate(store.copies[:-1]):
+    assert len(store.copies) == sum("probe" not in h for h in saved_run.history) and store.previous.is_file()
+    for epoch, copy in enumerate(store.copies):  # the last too: a kill after the last epoch (probe, test)
         resumed_store = CheckpointStore(tmp_path / f"resume{epoch}", "key")
         shutil.copyfile(copy, resumed_store.latest)
         resumed = Trainer(config, progress=False).fit(create_method(name, **params), data.bundle,

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from ltbench.errors import LtbenchError
 from ltbench.losses import supcon_loss
 from ltbench.method import Batch, TrainInfo
-from ltbench.methods.scl import SCL, SupConNetwork, classifier_stage_epochs
+from ltbench.methods.scl import SCL, SupConNetwork
+from ltbench.stages import Probe, stage_bounds
 from ltbench.models import build_backbone
 from ltbench.registry import create_method
 from ltbench.trainer import Trainer
@@ -31,17 +32,26 @@ def _info(epochs=10, counts=(8, 4, 2)):
 def test_defaults_are_documented():
     method = SCL()
     assert method.temperature == 0.1 and method.base_temperature is None  # T = T_base = 0.1
-    assert (method.classifier_fraction, method.classifier_lr, method.classifier_weight_decay) == (0.2, 0.1, 0.0)
     assert method.contrast_mode == "all" and not method.joint
-    assert [classifier_stage_epochs(e, 0.2) for e in (1, 2, 7, 30, 100)] == [1, 1, 1, 6, 20]
+    # The classifier: the converged L-BFGS probe; main_linear.py's SGD evaluation as probe="sgd".
+    assert (method.probe, method.probe_l2, method.probe_tolerance, method.probe_sampler) == ("lbfgs", 1e-3, 1e-5,
+                                                                                           "instance")
+    assert (method.probe_epochs, method.classifier_lr, method.classifier_weight_decay, method.probe_milestones) == (
+        100, 0.1, 0.0, (60, 75, 90))
 
 
-def test_stages_representation_class_balanced_two_views_then_linear_classifier():
+def test_stages_representation_over_the_whole_budget_then_linear_classifier():
     first, second = SCL().stages(_info(30))
     assert (first.epochs, first.samplers, first.trains, first.selectable) == (
-        24, (("class_balanced", ("contrastive", "contrastive")),), ("backbone", "head"), False)
-    assert (second.epochs, second.samplers, second.trains, second.selectable, second.lr, second.weight_decay) == (
-        6, (("instance", ("standard",)),), ("classifier",), True, 0.1, 0.0)
+        None, (("class_balanced", ("contrastive", "contrastive")),), ("backbone", "head"), False)
+    assert (second.probe, second.trains, second.selectable) == (Probe(1e-3, 1e-5, 1000, "instance"), ("classifier",),
+                                                                True)
+    assert stage_bounds([first, second], 30) == [(0, 30), (30, 30)]
+    first, second = SCL(probe="sgd", probe_epochs=7).stages(_info(30))
+    assert (second.epochs, second.extra, second.samplers, second.trains, second.lr, second.weight_decay,
+            second.lr_schedule, second.lr_milestones) == (
+        7, True, (("instance", ("standard",)),), ("classifier",), 0.1, 0.0, "step", (60, 75, 90))
+    assert stage_bounds([first, second], 30) == [(0, 30), (30, 37)]
     (joint,) = SCL(joint=True).stages(_info(30))
     assert joint.epochs is None and joint.trains is None and joint.selectable
 
@@ -62,7 +72,7 @@ def test_network_runs_both_views_as_one_batch():
 
 def test_representation_step_is_supcon_of_the_two_views_and_classifier_step_is_ce():
     torch.manual_seed(0)
-    method = SCL(dim=16)
+    method = SCL(dim=16, probe="sgd", probe_epochs=2)
     info = _info(5)
     method.setup(info)
     model = method.build_model(build_backbone("small-cnn"), info)
@@ -75,7 +85,9 @@ def test_representation_step_is_supcon_of_the_two_views_and_classifier_step_is_c
     loss = method.training_step(model, batch)
     _, embeddings = model(*batch.views)
     torch.testing.assert_close(loss, supcon_loss(embeddings, labels, temperature=0.1))
-    method.on_epoch_start(4)  # the classifier stage
+    method.on_epoch_start(4)
+    assert not method.in_classifier_stage()
+    method.on_epoch_start(5)  # the classifier stage, after the budget
     assert method.in_classifier_stage()
     single = Batch(views=[batch.views[0]], labels=labels, indices=torch.arange(4))
     torch.testing.assert_close(method.training_step(model, single), F.cross_entropy(model(batch.views[0]), labels))
@@ -105,7 +117,8 @@ def test_joint_variant_trains_the_classifier_on_detached_features():
     assert model.classifier.weight.grad is not None and model.classifier.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kwargs", [dict(classifier_fraction=1.0), dict(temperature=0.0), dict(contrast_mode="x")])
+@pytest.mark.parametrize("kwargs", [dict(probe="x"), dict(probe_sampler="x"), dict(probe_l2=-1.0), dict(probe_epochs=0),
+                                    dict(temperature=0.0), dict(contrast_mode="x")])
 def test_bad_values_are_one_line(kwargs):
     with pytest.raises(LtbenchError):
         create_method("scl", **kwargs)
@@ -115,4 +128,4 @@ def test_fit_under_bfloat16_autocast_is_finite():
     data = synthetic_data()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         run = Trainer(cpu_config(epochs=2), progress=False).fit(create_method("scl"), data.bundle)
-    assert all(math.isfinite(h["train_loss"]) for h in run.history) and run.best_epoch == 1
+    assert all(math.isfinite(h["train_loss"]) for h in run.history) and run.best_epoch == 2  # the probe

@@ -31,12 +31,13 @@ def _info(epochs=10):
 def test_stages_instance_batches_two_contrastive_views_then_probe():
     first, second = SimCLR().stages(_info(30))
     assert first.samplers == (("instance", ("contrastive", "contrastive")),) and not first.selectable
-    assert (first.epochs, second.epochs, second.trains) == (24, 6, ("classifier",))
+    assert (first.epochs, second.epochs, second.trains, second.probe.sampler) == (None, None, ("classifier",),
+                                                                                  "instance")
 
 
 def test_representation_loss_ignores_labels_and_probe_is_focal():
     torch.manual_seed(0)
-    method = SimCLR(dim=16)
+    method = SimCLR(dim=16, probe="sgd", probe_epochs=1)
     info = _info(5)
     method.setup(info)
     model = method.build_model(build_backbone("small-cnn"), info).eval()
@@ -48,7 +49,7 @@ def test_representation_loss_ignores_labels_and_probe_is_focal():
     torch.testing.assert_close(a, b)
     _, embeddings = model(*views)
     torch.testing.assert_close(a, supcon_loss(embeddings, None, temperature=0.1))
-    method.on_epoch_start(4)
+    method.on_epoch_start(5)  # the SGD probe's epoch after the budget
     labels = torch.tensor([0, 2, 1, 1])
     probe = method.training_step(model, Batch(views=views[:1], labels=labels, indices=torch.arange(4)))
     torch.testing.assert_close(probe, focal_loss(model(views[0]), labels, 2.0))
@@ -59,4 +60,4 @@ def test_fit_under_bfloat16_autocast_is_finite():
     data = synthetic_data()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         run = Trainer(cpu_config(epochs=2), progress=False).fit(create_method("simclr"), data.bundle)
-    assert all(math.isfinite(h["train_loss"]) for h in run.history) and run.best_epoch == 1
+    assert all(math.isfinite(h["train_loss"]) for h in run.history) and run.best_epoch == 2  # the probe

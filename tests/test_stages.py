@@ -13,7 +13,7 @@ from ltbench.method import Batch, Method
 from ltbench.methods.scl import SCL
 from ltbench.registry import create_method
 from ltbench.schedules import cosine_lr
-from ltbench.stages import Stage, stage_bounds, stage_index, stage_lengths, stream_specs
+from ltbench.stages import Probe, Stage, stage_bounds, stage_index, stage_lengths, stream_specs, total_epochs
 from ltbench.trainer import Trainer
 from tests.helpers import cpu_config, synthetic_data
 
@@ -66,14 +66,38 @@ def test_stream_specs_grammar():
 
 
 def test_scl_stage_boundaries_fall_at_the_documented_epochs(data):
-    # classifier stage = max(1, floor(0.2 E + 0.5)) epochs, the last ones.
-    for epochs, split in [(30, 24), (100, 80), (7, 6), (2, 1), (3, 2), (13, 10)]:
-        method = SCL()
-        assert stage_bounds(method.stages(_info(data, epochs)), epochs) == [(0, split), (split, epochs)]
-    run = Trainer(cpu_config(epochs=3), progress=False).fit(SCL(), data.bundle)
-    assert [h["stage"] for h in run.history] == ["representation", "representation", "classifier"]
-    # Each stage restarts its own cosine from its own base lr (run lr 0.05; classifier 0.1).
-    assert [h["lr"] for h in run.history] == [cosine_lr(0.05, 0, 2), cosine_lr(0.05, 1, 2), 0.1]
+    # Issue 20: the representation takes the whole budget E; the classifier comes after it.
+    for epochs in (1, 7, 30):
+        assert stage_bounds(SCL().stages(_info(data, epochs)), epochs) == [(0, epochs), (epochs, epochs)]
+        assert stage_bounds(SCL(probe="sgd", probe_epochs=4).stages(_info(data, epochs)), epochs) == [
+            (0, epochs), (epochs, epochs + 4)]
+    run = Trainer(cpu_config(epochs=2), progress=False).fit(SCL(probe="sgd", probe_epochs=3, probe_milestones=(1,)),
+                                                           data.bundle)
+    assert [h["stage"] for h in run.history] == ["representation", "representation", "classifier", "classifier",
+                                                 "classifier"]
+    # Each stage restarts its own schedule from its own base lr (run lr 0.05, cosine; classifier 0.1, x0.1 at 1).
+    assert [h["lr"] for h in run.history] == [cosine_lr(0.05, 0, 2), cosine_lr(0.05, 1, 2), 0.1, 0.1 * 0.1,
+                                              0.1 * 0.1]
+    assert 2 <= run.best_epoch <= 4  # selectable: the classifier stage only
+
+
+def test_extra_and_probe_stages_are_checked():
+    assert stage_lengths([Stage(), Stage(epochs=3, extra=True)], 5) == [5, 3]
+    assert total_epochs([Stage(), Stage(epochs=3, extra=True)], 5) == 8
+    assert stage_lengths([Stage(), Stage(trains=("classifier",), probe=Probe())], 5) == [5, 0]
+    with pytest.raises(LtbenchError, match="extra.*needs epochs"):
+        Stage(extra=True)
+    with pytest.raises(LtbenchError, match="exactly one Linear"):
+        Stage(probe=Probe())
+    with pytest.raises(LtbenchError, match="exactly one Linear"):
+        Stage(epochs=2, trains=("classifier",), probe=Probe())
+    with pytest.raises(LtbenchError, match="must be the last stage"):
+        stage_lengths([Stage(trains=("classifier",), probe=Probe()), Stage()], 5)
+    with pytest.raises(LtbenchError, match="lr_schedule"):
+        Stage(lr_schedule="linear")
+    for bad in [dict(l2=-1.0), dict(tolerance=0.0), dict(max_iter=0), dict(sampler="x")]:
+        with pytest.raises(LtbenchError, match="probe"):
+            Probe(**bad)
 
 
 def _info(data, epochs):
@@ -100,8 +124,8 @@ class _SnapshotSCL(SCL):
 
 
 def test_a_frozen_stage_leaves_encoder_parameters_and_batchnorm_buffers_unchanged(data):
-    method = _SnapshotSCL()
-    run = Trainer(cpu_config(epochs=4), progress=False).fit(method, data.bundle)  # stages 3 + 1
+    method = _SnapshotSCL(probe="sgd", probe_epochs=1)
+    run = Trainer(cpu_config(epochs=3), progress=False).fit(method, data.bundle)  # stages 3 + 1 beyond the budget
     assert run.best_epoch == 3  # the only selectable epoch
     model = method.model_ref[0]
     final = model.backbone.state_dict()

@@ -171,4 +171,4 @@ def test_fit_under_bfloat16_autocast_is_finite(kwargs):
     data = synthetic_data()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         run = Trainer(cpu_config(epochs=2), progress=False).fit(create_method("tsc", **kwargs), data.bundle)
-    assert all(math.isfinite(h["train_loss"]) for h in run.history) and run.best_epoch == 1
+    assert all(math.isfinite(h["train_loss"]) for h in run.history) and run.best_epoch == 2  # the probe

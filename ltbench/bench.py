@@ -33,7 +33,7 @@ from ltbench.trainer import TrainConfig
 _TOP_KEYS = ("name", "description", "dataset", "split", "train", "seeds", "methods", "cache_dir", "retrieval",
              "references", "groups",  # the last two: report only (ltbench/report_references.py, report_groups.py)
              "slurm")  # --launcher slurm only (ltbench/launchers/slurm.py), never in a run key
-_DATASET_KEYS = ("name", "data_root", "options")
+_DATASET_KEYS = ("name", "data_root", "options", "geometry")  # geometry: ltbench/data/geometry.py
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,11 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
     option_settings, open_ended = cfg.dataset_option_settings(dataset["name"])
     options = cfg.read(option_settings, options_raw, cfg.in_file(path, "dataset.options"),
                        unknown=f"not an option of dataset {dataset['name']!r}", open_ended=open_ended)
+    geometry = None  # the flips and rotations its labels survive; None: the dataset's declaration
+    if dataset.get("geometry") is not None:
+        from ltbench.data.geometry import read_geometry
+
+        geometry = read_geometry(dataset["geometry"], get_dataset(dataset["name"]).geometry, str(path))
 
     split = raw.get("split") or {}
     if isinstance(split, str):
@@ -181,7 +186,7 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
     data = DataSpec(dataset=dataset["name"], data_root=data_root, options=options or None,
                     split=split.get("kind"), split_seed=split.get("seed", 0), split_dir=split.get("dir"),
                     split_file=split.get("file"), cache_dir=cache_dir, split_ratio=split.get("ratio"),
-                    split_classes=split.get("classes"))
+                    split_classes=split.get("classes"), geometry=geometry)
     return Benchmark(name=_text(path, "name", raw.get("name"), path.stem), data=data, train=config, seeds=seeds,
                      methods=rows, description=_text(path, "description", raw.get("description"), ""),
                      sources=sources, retrieval=RetrievalSettings.parse(raw.get("retrieval"), f"{path}: retrieval"),

@@ -39,7 +39,7 @@ def datasets_cmd() -> None:
         root = " (needs --data-root)" if spec.needs_root else ""
         protocol = " ".join(f"{k}={v}" for k, v in spec.protocol.items())
         click.echo(f"{spec.name:12s} {spec.description}{root}; default split: {spec.default_split}; "
-                   f"protocol: {protocol or 'TrainConfig defaults'}")
+                   f"protocol: {protocol or 'TrainConfig defaults'}; views may use: {spec.geometry.describe()}")
 
 
 # Training settings left unset (None) come from the benchmark file or the dataset's default protocol

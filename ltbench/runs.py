@@ -21,6 +21,7 @@ import numpy as np
 
 from ltbench.data.base import ImageSet, Split
 from ltbench.data.datasets import get_dataset, load_dataset
+from ltbench.data.geometry import ViewGeometry
 from ltbench.checkpoint import CheckpointStore, hook
 from ltbench.claims import Claim
 from ltbench.errors import LtbenchError
@@ -70,6 +71,12 @@ class DataSpec:
     cache_dir: str | None = None
     split_ratio: int | None = None  # FlexSampling's imbalance ratio (split kind "flexsampling")
     split_classes: int | None = None  # FlexSampling's class set: None/8, or 14 (its own image set)
+    geometry: ViewGeometry | None = None  # the benchmark file's; None -> the dataset's declared geometry
+
+    @property
+    def view_geometry(self) -> ViewGeometry:
+        """The flips and rotations the training views may use (ltbench.data.geometry)."""
+        return self.geometry if self.geometry is not None else get_dataset(self.dataset).geometry
 
     def identity(self) -> dict:
         """What determines the data (not where it is stored)."""
@@ -82,6 +89,9 @@ class DataSpec:
         version = get_dataset(self.dataset).version
         if version != 1:  # only when bumped, so that existing run keys do not move
             ident["dataset_version"] = version
+        geometry = self.view_geometry
+        if not geometry.is_any:  # every view as it was (ISIC, DermaMNIST) leaves run keys unchanged
+            ident["geometry"] = geometry.to_dict()
         return ident
 
     @property
@@ -132,7 +142,8 @@ def prepare_data(spec: DataSpec, image_size: int, verify: bool = False,
         cached = load_images(image_set, math.ceil(image_size * 8 / 7), cache, verify=verify)
         pixels, sizes = cached.pixels, cached.sizes  # sizes: the originals' (height, width)
     bundle = DataBundle(pixels=pixels, labels=image_set.labels, class_names=list(image_set.class_names),
-                        train=split.train, val=split.val, test=split.test, original_sizes=sizes)
+                        train=split.train, val=split.val, test=split.test, original_sizes=sizes,
+                        geometry=spec.view_geometry)
     leak = leak_report(image_set, split, "test")
     return PreparedData(image_set, split, split.hash(image_set), bundle, leak)
 
@@ -320,8 +331,10 @@ def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data
             prepared: PreparedData, out_dir: Path, benchmark: str = "", progress: bool = True,
             force: bool = False, row: str | None = None, *, wait: bool = True, retry_failed: bool = False,
             keep_checkpoints: bool = False, warn: Callable[[str], None] | None = None,
-            replace_stale: bool = False, retrieval=None) -> tuple[dict, bool]:
+            replace_stale: bool = False, retrieval=None, labels: dict | None = None) -> tuple[dict, bool]:
     """Train one method with one seed unless its result exists. Returns (result, trained).
+
+    ``labels``: what the result records of its row beyond the run key (``recipe``, ``tuned``).
 
     ``row``: the benchmark row name (default: the method's); results live in ``runs/<row>/``
     and carry it as ``method``, with the registered method as ``registered_method``.
@@ -353,7 +366,7 @@ def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data
     try:
         return _run_claimed(method, method_name, full_params, key, seed, config, data_spec, prepared, out_dir,
                             benchmark, progress, force, row, retry_failed, keep_checkpoints, warn, replace_stale,
-                            retrieval)
+                            retrieval, labels)
     except OSError as exc:
         raise _storage_error(exc) from None
     finally:
@@ -363,7 +376,8 @@ def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data
 def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, seed: int, config: TrainConfig,
                  data_spec: DataSpec, prepared: PreparedData, out_dir: Path, benchmark: str, progress: bool,
                  force: bool, row: str, retry_failed: bool, keep_checkpoints: bool,
-                 warn: Callable[[str], None] | None, replace_stale: bool, retrieval=None) -> tuple[dict, bool]:
+                 warn: Callable[[str], None] | None, replace_stale: bool, retrieval=None,
+                 labels: dict | None = None) -> tuple[dict, bool]:
     """:func:`run_one` once this process holds the run's claim (so the checks below cannot race)."""
     json_path, npz_path = result_paths(out_dir, row, seed)
     failed_path, log_path = failure_paths(out_dir, row, seed)
@@ -424,6 +438,7 @@ def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, 
         "seed": seed,
         "dataset": {
             "name": data_spec.dataset, "options": data_spec.options or {}, "description": image_set.description,
+            "geometry": bundle.geometry.to_dict(),  # the flips and rotations its training views could use
             "class_names": list(bundle.class_names),
             "class_counts": {part: bundle.counts(rows) for part, rows in prepared.split.parts().items()},
         },
@@ -440,6 +455,7 @@ def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, 
         "test": output.test,
         "arrays": npz_path.name,
         "memory": memory,
+        **(labels or {}),  # the row's recipe / tuned values: labels, not part of the run key
     }
     if found is not None:
         result["retrieval"] = found  # embeddings: runs/<row>/seed<k>.emb.npz

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ltbench.checkpoint import CheckpointStore, hook, plain, rng_state, set_rng_state, unplain
 from ltbench.data.augment import get_augmentation
+from ltbench.data.geometry import ANY_GEOMETRY, ViewGeometry
 from ltbench.data.loader import TrainStream, eval_batches, steps_per_epoch
 from ltbench.errors import LtbenchError
 from ltbench.method import Method, RunAccess, TrainInfo
@@ -88,6 +89,9 @@ class DataBundle:
     # Each image's original (height, width), int [N, 2]: random resized crops are drawn on it.
     # None: the pixels are the images' own size (in-memory datasets).
     original_sizes: np.ndarray | None = None
+    # The flips and rotations its labels survive (a property of the dataset, ltbench.data.geometry):
+    # training views drop the others. The default allows everything (the presets unchanged).
+    geometry: ViewGeometry = ANY_GEOMETRY
 
     def counts(self, rows: np.ndarray) -> list[int]:
         return np.bincount(self.labels[rows], minlength=len(self.class_names)).tolist()
@@ -372,7 +376,7 @@ class Trainer:
         for j, (sampler, stream_views) in enumerate(stream_specs(samplers, views)):
             for view in stream_views:
                 if view not in augmentations:
-                    augmentations[view] = get_augmentation(view, cfg.image_size)
+                    augmentations[view] = get_augmentation(view, cfg.image_size, data.geometry)
             generator = (torch.Generator().manual_seed(cfg.seed * 1000 + 100 * k + j) if generators is None
                          else generators[j])
             rows, labels = (data.train, train_labels) if active is None else (data.train[active], train_labels[active])

@@ -55,6 +55,7 @@ Departures (docs/flexsampling.md):
 """
 from __future__ import annotations
 
+import copy
 import math
 from fractions import Fraction
 from typing import Iterable, Mapping, Sequence
@@ -314,6 +315,15 @@ class SSLView(nn.Module):
         flat = F.conv2d(F.pad(flat, (half, half, 0, 0), mode="reflect"), weight[:, None, None, :], groups=n * c)
         flat = F.conv2d(F.pad(flat, (0, 0, half, half), mode="reflect"), weight[:, None, :, None], groups=n * c)
         return flat.reshape_as(x)
+
+    def restricted(self, geometry) -> "SSLView":
+        """This view without the flips the dataset forbids (``ltbench.data.geometry``; same draws)."""
+        base = self.base.restricted(geometry)
+        if base is self.base:
+            return self
+        view = copy.deepcopy(self)
+        view.base = base
+        return view
 
 
 register_augmentation(SSL_VIEW, SSLView)

@@ -64,6 +64,7 @@ Differences from torchvision (all deliberate, for speed or precision):
 """
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ltbench.data.geometry import ViewGeometry
 from ltbench.errors import LtbenchError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -444,6 +446,21 @@ class BatchAugment(torch.nn.Module):
         return (f"size={self.size}, crop_scale={self.crop_scale}, hflip_p={self.hflip_p}, "
                 f"vflip_p={self.vflip_p}, rotation_deg={self.rotation_deg}, "
                 f"jitter={self.jitter}, grayscale_p={self.grayscale_p}")
+
+    def restricted(self, geometry: ViewGeometry) -> BatchAugment:
+        """This view with only the flips and rotation ``geometry`` allows (itself if it allows all).
+
+        The random draws stay the same (a forbidden flip is drawn with probability 0, a rotation
+        range capped at the dataset's limit), so the colour draws of every image are unchanged.
+        """
+        hflip_p = self.hflip_p if geometry.hflip else 0.0
+        vflip_p = self.vflip_p if geometry.vflip else 0.0
+        rotation = min(self.rotation_deg, geometry.rotation)
+        if (hflip_p, vflip_p, rotation) == (self.hflip_p, self.vflip_p, self.rotation_deg):
+            return self
+        view = copy.deepcopy(self)  # a fresh output pool (see _OutputPool.__deepcopy__)
+        view.hflip_p, view.vflip_p, view.rotation_deg = hflip_p, vflip_p, rotation
+        return view
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None,
                 sizes: Tensor | None = None) -> Tensor:
@@ -923,7 +940,10 @@ def register_augmentation(name: str, factory: F_ | None = None):
     a taken name raises ``ValueError`` (the same one again is a no-op), so a plug-in cannot
     silently replace a built-in preset. Use it directly, ``register_augmentation("mine", make)``,
     or as a decorator, ``@register_augmentation("mine")``; a method's module (or plug-in) that
-    registers its preset at import time can then name it in ``Method.views``.
+    registers its preset at import time can then name it in ``Method.views``. A preset with random
+    flips or rotations gives its augmentation a ``restricted(geometry)`` method returning the view
+    without what a dataset forbids (``ltbench.data.geometry``; see :meth:`BatchAugment.restricted`),
+    else it cannot train on such a dataset.
     """
     if factory is None:
         return lambda f: register_augmentation(name, f)
@@ -972,8 +992,13 @@ def contrastive_augment(size: int) -> BatchAugment:
                         jitter=_ECL_JITTER, grayscale_p=0.2)
 
 
-def get_augmentation(name: str, image_size: int) -> Augmentation:
-    """The preset ``name`` at ``image_size``; an unknown name raises :class:`LtbenchError`."""
+def get_augmentation(name: str, image_size: int, geometry: ViewGeometry | None = None) -> Augmentation:
+    """The preset ``name`` at ``image_size``; an unknown name raises :class:`LtbenchError`.
+
+    ``geometry``: the flips and rotations the dataset's labels survive (``ltbench.data.geometry``);
+    the preset drops the others through its ``restricted(geometry)``. None, or a geometry that
+    allows everything, gives the preset exactly as registered.
+    """
     if name not in PRESETS:
         # Methods (and method plug-ins) may register their presets when they are imported.
         from ltbench.registry import list_methods
@@ -982,7 +1007,14 @@ def get_augmentation(name: str, image_size: int) -> Augmentation:
     if name not in PRESETS:
         raise LtbenchError(
             f"unknown augmentation {name!r}; known presets: {', '.join(sorted(PRESETS))}")
-    return PRESETS[name](image_size)
+    augment = PRESETS[name](image_size)
+    if geometry is None or geometry.is_any:
+        return augment
+    restrict = getattr(augment, "restricted", None)
+    if restrict is None:
+        raise LtbenchError(f"augmentation {name!r} has no restricted(geometry) method, so it cannot drop what this "
+                           f"dataset's labels do not survive (it allows {geometry.describe()})")
+    return restrict(geometry)
 
 
 from ltbench.data import randaugment as _randaugment  # noqa: E402,F401  registers "randaugment" (BCL)

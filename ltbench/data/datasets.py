@@ -6,6 +6,10 @@
 - ``synthetic``: seeded coloured shapes with a long-tailed profile and lesion-like groups, for tests.
 - ``isic2018`` / ``isic2019``: the official ISIC challenge layouts under ``--data-root``.
 
+Each dataset also declares the flips and rotations its labels survive (``geometry``,
+``ltbench.data.geometry``): the training views drop the others. Registering without one gives a
+horizontal flip only.
+
 Each dataset carries its default training protocol (TrainConfig fields), so that ``ltbench train
 --dataset isic2019`` runs the ISIC protocol without a benchmark file (``benchmarks/`` is not
 installed with the package). A benchmark file's ``train:`` section and command-line flags override
@@ -20,6 +24,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ltbench.data.base import ImageSet
+from ltbench.data.geometry import ANY_GEOMETRY, DEFAULT_GEOMETRY, ViewGeometry
 from ltbench.errors import LtbenchError
 
 
@@ -31,9 +36,11 @@ class DatasetSpec:
     needs_root: bool
     default_split: str
     protocol: Mapping[str, object] = field(default_factory=dict)  # default TrainConfig fields
-    # Bumped when the loader's images, labels or shipped split change; part of the data identity
-    # (run keys) when above 1, so results of an older version are never reused.
+    # Bumped when the loader's images, labels or shipped split change, or the geometry it declares;
+    # part of the data identity (run keys) when above 1, so results of an older version are never reused.
     version: int = 1
+    # The flips and rotations its labels survive: training views drop the others.
+    geometry: ViewGeometry = DEFAULT_GEOMETRY
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -46,17 +53,26 @@ ISIC_PROTOCOL = {"backbone": "resnet50", "pretrained": "imagenet", "image_size":
 # protocol's 0.002 is tuned for a pretrained ResNet-50).
 DIGITS_PROTOCOL = {"backbone": "small-cnn", "image_size": 16, "epochs": 20, "batch_size": 64, "lr": 0.05,
                    "eval_batch_size": 512}
+# A digit has an orientation: no flip (a mirrored 2 is no digit; both flips turn a 6 into a 9) and
+# rotations up to ±30°, as AutoAugment's SVHN policy (ltbench.data.geometry).
+DIGITS_GEOMETRY = ViewGeometry(hflip=False, vflip=False, rotation=30.0)
 SYNTHETIC_PROTOCOL = {"backbone": "small-cnn", "image_size": 16, "epochs": 10, "batch_size": 16, "lr": 0.05,
                       "eval_batch_size": 256}
 
 
 def register_dataset(name: str, description: str, needs_root: bool = False, default_split: str = "grouped",
-                     protocol: Mapping[str, object] | None = None, version: int = 1):
-    """Register a loader; ``protocol`` = the TrainConfig fields a run on it uses by default."""
+                     protocol: Mapping[str, object] | None = None, version: int = 1,
+                     geometry: ViewGeometry = DEFAULT_GEOMETRY):
+    """Register a loader; ``protocol`` = the TrainConfig fields a run on it uses by default;
+    ``geometry`` = the flips and rotations its labels survive (default: a horizontal flip only)."""
+    if not isinstance(geometry, ViewGeometry):
+        raise TypeError(f"dataset {name!r}: geometry must be a ViewGeometry, got {type(geometry).__name__}")
+
     def decorate(fn: Callable[..., ImageSet]) -> Callable[..., ImageSet]:
         if name in DATASETS:
             raise ValueError(f"dataset {name!r} is already registered")
-        DATASETS[name] = DatasetSpec(name, fn, description, needs_root, default_split, dict(protocol or {}), version)
+        DATASETS[name] = DatasetSpec(name, fn, description, needs_root, default_split, dict(protocol or {}), version,
+                                     geometry)
         return fn
 
     return decorate
@@ -93,7 +109,8 @@ def long_tail_counts(n_max: int, num_classes: int, imbalance: float) -> list[int
 
 
 @register_dataset("digits-lt", "scikit-learn's real 8x8 handwritten digits: balanced val/test, long-tailed train "
-                  "(offline default)", default_split="official", protocol=DIGITS_PROTOCOL, version=2)
+                  "(offline default)", default_split="official", protocol=DIGITS_PROTOCOL, version=3,
+                  geometry=DIGITS_GEOMETRY)
 def load_digits_lt(imbalance: float = 10.0, seed: int = 0, val_per_class: int = 20,
                    test_per_class: int = 30) -> ImageSet:
     """Balanced validation and test sets drawn first, then only the training rest made long-tailed.
@@ -103,8 +120,9 @@ def load_digits_lt(imbalance: float = 10.0, seed: int = 0, val_per_class: int = 
     the tail. Per class (seeded permutation): ``test_per_class`` test images, ``val_per_class``
     validation images, then ``n_c = int(n_max · imbalance^(-c/9))`` training images, n_max = the
     smallest class's remainder (174 - 50 = 124 with the defaults: 124 … 12). The split ships with the
-    dataset (split kind ``official``). Version 2 of the dataset (version 1 made the whole set
-    long-tailed and split it 3:1:1).
+    dataset (split kind ``official``). Version 3 of the dataset: version 2 (issue 12) let the views
+    flip and rotate digits by up to ±90°, version 3 declares no flip and ±30° (issue 20,
+    ``DIGITS_GEOMETRY``); version 1 made the whole set long-tailed and split it 3:1:1.
     """
     from sklearn.datasets import load_digits
 
@@ -142,8 +160,9 @@ def load_digits_lt(imbalance: float = 10.0, seed: int = 0, val_per_class: int = 
     )
 
 
+# Its class is its colour, which no flip or rotation changes: every view as it is.
 @register_dataset("synthetic", "seeded coloured squares with a long-tailed profile (unit tests only)",
-                  protocol=SYNTHETIC_PROTOCOL)
+                  protocol=SYNTHETIC_PROTOCOL, geometry=ANY_GEOMETRY)
 def load_synthetic(num_classes: int = 4, n_max: int = 80, imbalance: float = 5.0, size: int = 16,
                    seed: int = 0) -> ImageSet:
     rng = np.random.default_rng(seed)
@@ -171,8 +190,9 @@ def load_synthetic(num_classes: int = 4, n_max: int = 80, imbalance: float = 5.0
     )
 
 
+# Dermoscopy has no orientation: flips and any rotation, for every split kind of both sets.
 @register_dataset("isic2019", "ISIC 2019 training set (official layout under --data-root)", needs_root=True,
-                  protocol=ISIC_PROTOCOL)
+                  protocol=ISIC_PROTOCOL, geometry=ANY_GEOMETRY)
 def _load_isic2019(data_root: Path) -> ImageSet:
     from ltbench.data.isic import load_isic2019
 
@@ -180,7 +200,7 @@ def _load_isic2019(data_root: Path) -> ImageSet:
 
 
 @register_dataset("isic2018", "ISIC 2018 Task 3 (official layout under --data-root)", needs_root=True,
-                  protocol=ISIC_PROTOCOL)
+                  protocol=ISIC_PROTOCOL, geometry=ANY_GEOMETRY)
 def _load_isic2018(data_root: Path) -> ImageSet:
     from ltbench.data.isic import load_isic2018
 
@@ -194,7 +214,8 @@ DERMAMNIST_PROTOCOL = {"backbone": "resnet18", "image_size": 28, "epochs": 100, 
 
 
 @register_dataset("dermamnist", "MedMNIST's DermaMNIST .npz (28/64/128/224 px; --data-root = its folder; "
-                  "MedMNIST's own split)", needs_root=True, default_split="official", protocol=DERMAMNIST_PROTOCOL)
+                  "MedMNIST's own split)", needs_root=True, default_split="official", protocol=DERMAMNIST_PROTOCOL,
+                  geometry=ANY_GEOMETRY)  # dermoscopy, as ISIC
 def _load_dermamnist(data_root: Path, size: int = 28, verify: bool = False) -> ImageSet:
     from ltbench.data.dermamnist import load_dermamnist
 

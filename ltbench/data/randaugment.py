@@ -19,7 +19,7 @@ op              level                                 action (torchvision v2 fun
 AutoContrast    —                                     per-channel min–max stretch (``autocontrast``)
 Equalize        —                                     per-channel histogram equalisation (``equalize``)
 Invert          —                                     1 − x (``invert``)
-Rotate          s·30·m/10 degrees                     about the centre (``rotate``)
+Rotate          s·30·m/10 degrees (30: see below)     about the centre (``rotate``)
 PosterizeTpu    int(4·m/10) bits                      ``posterize``
 Solarize        threshold int(256·m/10)/255           invert pixels ≥ threshold (``solarize``)
 SolarizeAdd     add int(110·m/10)/255                 pixels < 128/255 get + add, clipped (no tv op)
@@ -55,10 +55,14 @@ The ``randaugment`` preset (:func:`randaugment_augment`) follows ltbench's share
 (docs/protocol.md) for the rest of the view: the ``standard`` classifier view (square resize,
 h-flip, colour jitter 0.4/0.4/0.4/0.1 with p 0.8) replaces BCL's RandomResizedCrop(0.08–1) +
 ColorJitter(0.4, 0.4, 0.4, 0) with p 1, so that every method's classifier view starts from the
-same images; RandAugment follows, then the ImageNet normalisation.
+same images; RandAugment follows, then the ImageNet normalisation. On a dataset whose labels survive
+less than that view's flips and BCL's ±30° (``ltbench.data.geometry``: digits-lt allows no flip and
+±30°), :meth:`RandAugmentView.restricted` drops the flip and lowers Rotate's 30° to the dataset's
+limit; shears and translations are kept.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -68,6 +72,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ltbench.data import augment as _augment
+from ltbench.data.geometry import ViewGeometry
 
 _MAX_LEVEL = 10.0
 #: The official op list (``_RAND_TRANSFORMS`` of BCL's randaugment.py), in its order.
@@ -78,6 +83,8 @@ BCL_OPS: tuple[str, ...] = (
 )
 #: ``img_mean`` of BCL's ``ra_params``: round(255 · ImageNet mean), as a [0, 1] colour.
 IMAGENET_FILL: tuple[float, float, float] = tuple(min(255, round(255 * m)) / 255 for m in _augment.IMAGENET_MEAN)
+#: Rotate's level at magnitude 10, in degrees (``_rotate_level_to_arg``: ``(level / 10) · 30``).
+MAX_ROTATE = 30.0
 _GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 # PIL's SolarizeAdd threshold (uint8 128) on [0, 1] images.
 _SOLARIZE_ADD_THRESHOLD = 128 / 255
@@ -232,14 +239,18 @@ def warp(images: Tensor, inverse: Tensor, fill: tuple[float, float, float] = IMA
 # levels: magnitude m in [0, 10] and sign s = ±1 -> the op's argument (official level functions)
 # ----------------------------------------------------------------------------------------------
 
-def op_argument(op: str, magnitude: Tensor, sign: Tensor) -> Tensor | None:
-    """The argument BCL's ``LEVEL_TO_ARG`` gives ``op`` at per-sample magnitudes (float64 [n])."""
+def op_argument(op: str, magnitude: Tensor, sign: Tensor, max_rotate: float = MAX_ROTATE) -> Tensor | None:
+    """The argument BCL's ``LEVEL_TO_ARG`` gives ``op`` at per-sample magnitudes (float64 [n]).
+
+    ``max_rotate``: Rotate's angle at magnitude 10 (BCL: 30°; lower for a dataset whose labels
+    survive less, ``ltbench.data.geometry``).
+    """
     frac = magnitude.to(torch.float64) / _MAX_LEVEL
     sign = sign.to(torch.float64)
     if op in ("AutoContrast", "Equalize", "Invert"):
         return None
     if op == "Rotate":
-        return sign * frac * 30.0
+        return sign * frac * max_rotate
     if op == "PosterizeTpu":
         return (frac * 4).floor()
     if op == "Solarize":
@@ -281,12 +292,13 @@ class RandAugmentDraw:
 class RandAugment(torch.nn.Module):
     """timm-style RandAugment on float N×3×H×W batches in [0, 1], decided per sample.
 
-    Defaults are BCL's ``rand-n2-m10-mstd0.5`` with op probability 0.5 and its 15 ops.
+    Defaults are BCL's ``rand-n2-m10-mstd0.5`` with op probability 0.5 and its 15 ops;
+    ``max_rotate``: Rotate's angle at magnitude 10 (see :func:`op_argument`).
     """
 
     def __init__(self, num_ops: int = 2, magnitude: float = 10.0, magnitude_std: float = 0.5,
                  prob: float = 0.5, ops: tuple[str, ...] = BCL_OPS,
-                 fill: tuple[float, float, float] = IMAGENET_FILL) -> None:
+                 fill: tuple[float, float, float] = IMAGENET_FILL, max_rotate: float = MAX_ROTATE) -> None:
         super().__init__()
         unknown = [op for op in ops if op not in COLOUR_OPS and op not in _GEOMETRIC]
         if unknown or not ops:
@@ -295,6 +307,9 @@ class RandAugment(torch.nn.Module):
             raise ValueError("RandAugment: need num_ops >= 0, 0 <= prob <= 1, magnitude_std >= 0")
         self.num_ops, self.magnitude, self.magnitude_std = num_ops, magnitude, magnitude_std
         self.prob, self.ops, self.fill = prob, tuple(ops), tuple(fill)
+        if not 0.0 <= max_rotate <= 180.0:
+            raise ValueError(f"RandAugment: max_rotate {max_rotate} not in [0, 180] degrees")
+        self.max_rotate = float(max_rotate)
 
     def extra_repr(self) -> str:
         return (f"num_ops={self.num_ops}, magnitude={self.magnitude}, "
@@ -330,7 +345,7 @@ class RandAugment(torch.nn.Module):
                 chosen = ((draw.op[layer] == k) & draw.applied[layer]).nonzero().flatten()
                 if chosen.numel() == 0:
                     continue
-                argument = op_argument(name, draw.magnitude[layer, chosen], draw.sign[layer, chosen])
+                argument = op_argument(name, draw.magnitude[layer, chosen], draw.sign[layer, chosen], self.max_rotate)
                 if name in _GEOMETRIC:
                     geometric_idx.append(chosen)
                     inverses.append(inverse_affine(name, argument, *x.shape[-2:]))
@@ -368,6 +383,18 @@ class RandAugmentView(torch.nn.Module):
         x = self.randaugment(self.base(images, generator, sizes=sizes), generator)
         # The same fused (x − mean)/std as BatchAugment, so RandAugment off gives its bits.
         return _augment.normalise(x, self.mean, self.std)
+
+    def restricted(self, geometry: ViewGeometry) -> RandAugmentView:
+        """The view without the flips a dataset forbids, Rotate capped at its rotation limit
+        (``ltbench.data.geometry``; the same random draws). Shear and translation are kept."""
+        base = self.base.restricted(geometry)
+        max_rotate = min(self.randaugment.max_rotate, geometry.rotation)
+        if base is self.base and max_rotate == self.randaugment.max_rotate:
+            return self
+        view = copy.deepcopy(self)
+        view.base = base
+        view.randaugment.max_rotate = max_rotate
+        return view
 
 
 @_augment.register_augmentation("randaugment")

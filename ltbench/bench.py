@@ -21,6 +21,7 @@ import yaml
 
 from ltbench import config as cfg
 from ltbench.errors import LtbenchError
+from ltbench.launchers.grid import row_labels
 from ltbench.registry import get_method_class
 from ltbench.report import leak_text, write_report
 from ltbench.report_groups import class_groups, parse_groups
@@ -32,7 +33,8 @@ from ltbench.trainer import TrainConfig
 
 _TOP_KEYS = ("name", "description", "dataset", "split", "train", "seeds", "methods", "cache_dir", "retrieval",
              "references", "groups",  # the last two: report only (ltbench/report_references.py, report_groups.py)
-             "slurm")  # --launcher slurm only (ltbench/launchers/slurm.py), never in a run key
+             "slurm",  # --launcher slurm only (ltbench/launchers/slurm.py), never in a run key
+             "tune")  # per-row tuning on validation (ltbench/tuning.py)
 _DATASET_KEYS = ("name", "data_root", "options", "geometry")  # geometry: ltbench/data/geometry.py
 
 
@@ -43,6 +45,9 @@ class MethodRow:
     name: str
     method: str
     params: dict = field(default_factory=dict)
+    recipe: str | None = None  # a paper recipe of the method (ltbench.recipes), None: the shared protocol
+    config: TrainConfig | None = None  # the row's own settings (a recipe, tuned values); None: the bench's
+    tuned: dict | None = None  # the settings tuning chose for this row (ltbench.tuning)
 
 
 @dataclass
@@ -58,6 +63,49 @@ class Benchmark:
     references: dict | None = None  # published numbers (report only, never in a run key)
     groups: dict | None = None  # head/medium/tail of the report (report only; None: terciles)
     slurm: dict = field(default_factory=dict)  # --launcher slurm settings (ltbench.config.slurm_settings)
+    layers: list = field(default_factory=list)  # the train layers above the dataset protocol (file, flags, --set)
+    tune: dict = field(default_factory=dict)  # setting -> values tried per row (ltbench.tuning); {}: none
+
+    def row_config(self, row: MethodRow) -> TrainConfig:
+        """The settings a row trains with: its own (recipe, tuning) or the bench's."""
+        return self.train if row.config is None else row.config
+
+
+# Settings of the bench or the machine, never of a recipe (one pixel cache, one device per bench).
+_NOT_RECIPE = ("image_size", "device", "seed", "eval_batch_size", "amp", "channels_last", "compile")
+
+
+def row_train_config(dataset: str, layers: list, recipe: dict | None = None, recipe_label: str = "",
+                     tuned: dict | None = None) -> TrainConfig:
+    """The dataset protocol < the file's ``train:`` < a recipe < flags and ``--set`` < tuned values."""
+    stack = list(layers)
+    if recipe:
+        stack.insert(1 if stack else 0, cfg.Layer(recipe_label, recipe, lambda k, v: f"{recipe_label} {k}={v!r}"))
+    if tuned:
+        stack.append(cfg.Layer("tuning", tuned, lambda k, v: f"tune {k}={v!r}"))
+    return cfg.train_config(dataset, *stack)[0]
+
+
+def _apply_recipe(path: Path, dataset: str, layers: list, row: MethodRow) -> MethodRow:
+    """The row with its method's recipe: settings between the file and the flags, params under the row's."""
+    from dataclasses import replace
+
+    recipes = get_method_class(row.method).recipes
+    if row.recipe not in recipes:
+        known = ", ".join(sorted(recipes)) or "none"
+        raise LtbenchError(f"{path}: methods.{row.name}.recipe = {row.recipe!r}: method {row.method!r} has no such "
+                           f"recipe (its recipes: {known}; `ltbench methods --recipes` lists them)")
+    recipe = recipes[row.recipe]
+    label = f"{path}: methods.{row.name}: recipe {row.recipe}"
+    train = {k: v for k, v in recipe.train.items() if k not in _NOT_RECIPE}
+    params = cfg.method_params(row.method, dict(recipe.params), cfg.in_file(path, f"methods.{row.name}.recipe"))
+    try:
+        config = row_train_config(dataset, layers, train, label)
+    except LtbenchError as exc:
+        raise LtbenchError(f"{label}: {exc}") from None
+    return replace(row, params={**params, **row.params}, config=config)
+
+
 
 
 def _check_keys(path: Path, where: str, given: Mapping, allowed: tuple[str, ...]) -> None:
@@ -92,6 +140,9 @@ def _rows(path: Path, raw: object) -> dict[str, MethodRow]:
         if not isinstance(params, dict):
             raise LtbenchError(f"{path}: methods.{name} = {params!r}: expected a mapping of parameters")
         method = params.pop("method", name)
+        recipe = params.pop("recipe", None)
+        if recipe is not None and not isinstance(recipe, str):
+            raise LtbenchError(f"{path}: methods.{name}.recipe = {recipe!r}: expected a recipe name (e.g. paper)")
         if not isinstance(method, str):
             raise LtbenchError(f"{path}: methods.{name}.method = {method!r}: expected a method name")
         try:
@@ -100,19 +151,20 @@ def _rows(path: Path, raw: object) -> dict[str, MethodRow]:
             hint = "" if method != name else f" (a variant names its method: {name}: {{method: NAME, ...}})"
             raise LtbenchError(f"{path}: methods.{name}: {exc}{hint}") from None
         params = cfg.method_params(method, params, cfg.in_file(path, f"methods.{name}"))
-        rows[name] = MethodRow(name, method, params)
+        rows[name] = MethodRow(name, method, params, recipe=recipe)
     return rows
 
 
 def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = None,
-                   settings: Mapping[str, str] | None = None, split_flags: Mapping[str, object] | None = None
-                   ) -> Benchmark:
+                   settings: Mapping[str, str] | None = None, split_flags: Mapping[str, object] | None = None,
+                   tune_flags: Mapping[str, str] | None = None) -> Benchmark:
     """Read, convert and check a benchmark YAML; every problem is one line naming the file and key.
 
     ``train_flags``: command-line text for TrainConfig fields (None = not given), which overrides
     the file's ``train:`` section, which overrides the dataset's default protocol; ``settings``:
     ``--set KEY=VALUE`` text, over all of them. ``split_flags``: command-line text for split
     options (``ratio``, ``classes``; None = not given) over the file's ``split:`` section.
+    ``tune_flags``: ``--tune KEY=V1,V2`` pairs, replacing the file's ``tune:`` grid.
     """
     path = Path(path)
     if not path.is_file():
@@ -178,6 +230,11 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
 
     seeds = cfg.seeds(raw.get("seeds", [0, 1, 2]), f"{path}: seeds")
     rows = _rows(path, raw.get("methods"))
+    rows = {name: _apply_recipe(path, dataset["name"], layers, row) if row.recipe else row
+            for name, row in rows.items()}
+    from ltbench.tuning import parse_tune, parse_tune_flags
+
+    tune = parse_tune_flags(tune_flags) if tune_flags else parse_tune(raw.get("tune"), f"{path}: tune")
     cache_dir = raw.get("cache_dir")
     if cache_dir is not None:
         if not isinstance(cache_dir, str):
@@ -191,7 +248,8 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
                      methods=rows, description=_text(path, "description", raw.get("description"), ""),
                      sources=sources, retrieval=RetrievalSettings.parse(raw.get("retrieval"), f"{path}: retrieval"),
                      references=parse_references(raw.get("references"), str(path), list(rows)),
-                     groups=parse_groups(raw.get("groups"), str(path)), slurm=_slurm(path, raw.get("slurm")))
+                     groups=parse_groups(raw.get("groups"), str(path)), slurm=_slurm(path, raw.get("slurm")),
+                     layers=layers, tune=tune)
 
 
 def _slurm(path: Path, raw: object) -> dict:
@@ -253,48 +311,10 @@ class BenchIncomplete(LtbenchError):
     """Raised after the report is written when some runs failed or have stale results (exit non-zero)."""
 
 
-def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=print,
-                  warn: Callable[[str], None] = _warn, *, force: bool = False, retry_failed: bool = False,
-                  keep_checkpoints: bool = False, launcher=None) -> dict[str, Path]:
-    """Train what is missing, then write the report. Returns the report's files.
-
-    ``launcher`` (``ltbench.launchers.make_launcher``): several runs at once, in worker processes or a
-    SLURM job array, once the data are prepared here; None trains them one by one in this process.
-
-    Interrupted runs resume from their last epoch's checkpoint. A failed run is recorded and the
-    bench goes on; a run another bench is training is done last, after waiting for its claim; a
-    stored result of another configuration is kept out of the table and listed (``force``
-    retrains it and replaces a damaged result file; up-to-date results are still skipped). When any run failed or is stale, :class:`BenchIncomplete` is raised after the
-    report is written.
-    """
-    start = time.perf_counter()
-    check_cache_dir(bench.data, "cache_dir")
-    cfg.check_folder(out_dir, "--out")
-    if not force:  # a damaged result file is one line before any pixel, never silently replaced
-        for name in bench.methods:
-            for seed in bench.seeds:
-                read_result(result_paths(out_dir, name, seed)[0])
-    echo(f"{bench.name}: " + cfg.describe_train(bench.train, bench.sources))
-    rows = {name: (row.method, row.params) for name, row in bench.methods.items()}
-    created = _first_missing(Path(out_dir))
-    out_dir = check_out_dir(out_dir)
-    try:
-        prepared = prepare_data(bench.data, bench.train.image_size,
-                                before_pixels=lambda s, sp: check_methods_on_data(rows, bench.train, s, sp))
-    except BaseException:  # bad data: leave no empty output folder behind
-        _remove_empty(out_dir, created)
-        raise
-    if prepared.split.details.get("warning"):
-        warn(f"ltbench: warning: {prepared.split.details['warning']}")
-    write_split(prepared, out_dir)
-    if bench.groups is not None:  # class names are known now: a wrong one fails before any training
-        class_groups(bench.groups, prepared.bundle.counts(prepared.split.train), prepared.bundle.class_names,
-                     where=f"{bench.name}: groups")
-    write_settings(out_dir, bench.references, bench.groups)  # for `ltbench report DIR` later
-    counts = prepared.bundle.counts(prepared.split.train)
-    echo(f"{bench.name}: {len(prepared.image_set)} images, split {prepared.split.kind} "
-         f"({len(prepared.split.train)}/{len(prepared.split.val)}/{len(prepared.split.test)}), "
-         f"train counts {counts}; lesion leak: {leak_text(prepared.leak)}")
+def _train_rows(bench: Benchmark, out_dir: Path, prepared, *, progress: bool, echo, warn, force: bool,
+                retry_failed: bool, keep_checkpoints: bool, launcher) -> tuple[dict, list, list, int]:
+    """Train every row x seed of ``bench`` that has no result in ``out_dir`` (sequentially or through
+    ``launcher``): (results by (row, seed), failures, stale results, number trained)."""
     total = len(bench.methods) * len(bench.seeds)
     results: dict[tuple[str, int], dict] = {}
     failures: list[dict] = []
@@ -304,8 +324,8 @@ def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=p
     def attempt(name: str, row: MethodRow, seed: int, wait: bool) -> bool:
         """One run; False if another bench holds its claim (retried at the end, waiting)."""
         try:
-            result, was_trained = run_one(row.method, row.params, seed, bench.train, bench.data, prepared, out_dir,
-                                          benchmark=bench.name, progress=progress, row=name, wait=wait,
+            result, was_trained = run_one(row.method, row.params, seed, bench.row_config(row), bench.data, prepared,
+                                          out_dir, labels=row_labels(row), benchmark=bench.name, progress=progress, row=name, wait=wait,
                                           replace_stale=force, retry_failed=retry_failed,
                                           keep_checkpoints=keep_checkpoints, warn=warn, retrieval=bench.retrieval)
         except RunClaimed as exc:
@@ -349,7 +369,105 @@ def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=p
         echo(f"{name} seed {seed}: waiting for the bench that is training it")
         guarded(name, row, seed, wait=True)
 
-    trained = counter["trained"]
+    return results, failures, stale, counter["trained"]
+
+
+def _tune(bench: Benchmark, out_dir: Path, train_rows, echo) -> tuple[Benchmark, tuple[list, list]]:
+    """Train each row's tuning grid on the first seed (runs under ``<out>/tuning``), choose by validation,
+    write ``tuning.json``; the bench whose rows carry the chosen settings, and the tuning runs' problems."""
+    from dataclasses import replace
+
+    from ltbench.tuning import TUNING_DIR, choose, combinations, tuning_metric, tuning_row, write_tuning
+
+    seed = bench.seeds[0]
+    grid = combinations(bench.tune)
+    rows = {tuning_row(name, values): replace(row, name=tuning_row(name, values), config=_row_config(bench, row, values),
+                                               tuned=values)
+            for name, row in bench.methods.items() for values in grid}
+    echo(f"{bench.name}: tuning {', '.join(bench.tune)} on validation: {len(grid)} setting(s) x "
+         f"{len(bench.methods)} row(s) on seed {seed}, under {Path(out_dir) / TUNING_DIR}")
+    results, failures, stale, _ = train_rows(replace(bench, methods=rows, seeds=[seed], tune={}),
+                                             Path(out_dir) / TUNING_DIR)
+    records, chosen_rows = {}, {}
+    for name, row in bench.methods.items():
+        tried = [(values, results.get((tuning_row(name, values), seed))) for values in grid]
+        record = choose(name, tried, tuning_metric(bench.row_config(row).select_metric))
+        records[name] = record
+        chosen = record["chosen"]
+        chosen_rows[name] = row if chosen is None else replace(row, config=_row_config(bench, row, chosen), tuned=chosen)
+        echo(f"{bench.name}: {name}: " + (f"chose {chosen} by validation {record['metric']}" if chosen
+                                           else "no tuning run finished: the untuned settings"))
+    write_tuning(out_dir, bench.tune, records, seed)
+    return replace(bench, methods=chosen_rows), (failures, stale)
+
+
+def _row_config(bench: Benchmark, row: MethodRow, tuned: dict) -> TrainConfig:
+    """The row's settings (its recipe, if any) with ``tuned`` values over everything else."""
+    recipe = {}
+    if row.recipe:
+        recipe = {k: v for k, v in get_method_class(row.method).recipes[row.recipe].train.items()
+                  if k not in _NOT_RECIPE}
+    return row_train_config(bench.data.dataset, bench.layers, recipe, f"recipe {row.recipe}", tuned)
+
+
+def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=print,
+                  warn: Callable[[str], None] = _warn, *, force: bool = False, retry_failed: bool = False,
+                  keep_checkpoints: bool = False, launcher=None) -> dict[str, Path]:
+    """Train what is missing, then write the report. Returns the report's files.
+
+    ``launcher`` (``ltbench.launchers.make_launcher``): several runs at once, in worker processes or a
+    SLURM job array, once the data are prepared here; None trains them one by one in this process.
+
+    Interrupted runs resume from their last epoch's checkpoint. A failed run is recorded and the
+    bench goes on; a run another bench is training is done last, after waiting for its claim; a
+    stored result of another configuration is kept out of the table and listed (``force``
+    retrains it and replaces a damaged result file; up-to-date results are still skipped). When any run failed or is stale, :class:`BenchIncomplete` is raised after the
+    report is written.
+    """
+    start = time.perf_counter()
+    check_cache_dir(bench.data, "cache_dir")
+    cfg.check_folder(out_dir, "--out")
+    if not force:  # a damaged result file is one line before any pixel, never silently replaced
+        for name in bench.methods:
+            for seed in bench.seeds:
+                read_result(result_paths(out_dir, name, seed)[0])
+    echo(f"{bench.name}: " + cfg.describe_train(bench.train, bench.sources))
+    for name, row in bench.methods.items():
+        if row.recipe:
+            recipe = get_method_class(row.method).recipes[row.recipe]
+            echo(f"{bench.name}: {name}: recipe {row.recipe}: {recipe.describe()}")
+    rows = {name: (row.method, row.params) for name, row in bench.methods.items()}
+    created = _first_missing(Path(out_dir))
+    out_dir = check_out_dir(out_dir)
+    try:
+        prepared = prepare_data(bench.data, bench.train.image_size,
+                                before_pixels=lambda s, sp: check_methods_on_data(rows, bench.train, s, sp))
+    except BaseException:  # bad data: leave no empty output folder behind
+        _remove_empty(out_dir, created)
+        raise
+    if prepared.split.details.get("warning"):
+        warn(f"ltbench: warning: {prepared.split.details['warning']}")
+    write_split(prepared, out_dir)
+    if bench.groups is not None:  # class names are known now: a wrong one fails before any training
+        class_groups(bench.groups, prepared.bundle.counts(prepared.split.train), prepared.bundle.class_names,
+                     where=f"{bench.name}: groups")
+    write_settings(out_dir, bench.references, bench.groups)  # for `ltbench report DIR` later
+    counts = prepared.bundle.counts(prepared.split.train)
+    echo(f"{bench.name}: {len(prepared.image_set)} images, split {prepared.split.kind} "
+         f"({len(prepared.split.train)}/{len(prepared.split.val)}/{len(prepared.split.test)}), "
+         f"train counts {counts}; lesion leak: {leak_text(prepared.leak)}")
+
+    def train_rows(bench: Benchmark, out_dir: Path) -> tuple[dict, list, list, int]:
+        """Every row x seed of ``bench`` in ``out_dir``: (results by (row, seed), failures, stale, trained)."""
+        return _train_rows(bench, out_dir, prepared, progress=progress, echo=echo, warn=warn, force=force,
+                           retry_failed=retry_failed, keep_checkpoints=keep_checkpoints, launcher=launcher)
+
+    if bench.tune:  # each row's grid on the first seed, then every seed with the chosen values
+        bench, tuning_problems = _tune(bench, out_dir, train_rows, echo)
+    results, failures, stale, trained = train_rows(bench, out_dir)
+    if bench.tune:
+        failures, stale = tuning_problems[0] + failures, tuning_problems[1] + stale
+    total = len(bench.methods) * len(bench.seeds)
     finished = [results[(n, s)] for n in bench.methods for s in bench.seeds if (n, s) in results]
     no_embeddings = [f"{r['method']} seed {r['seed']}" for r in finished if bench.retrieval.enabled
                      and r.get("retrieval") is None]  # finished before retrieval was asked for: no weights kept

@@ -67,7 +67,7 @@ _PROTOCOL_HELP = "default: the dataset's protocol"
 @click.option("--epochs", help=_PROTOCOL_HELP)
 @click.option("--batch-size", help=_PROTOCOL_HELP)
 @click.option("--lr", help=_PROTOCOL_HELP)
-@click.option("--select-metric", help=f"acc | sen | pre | f1 | auc ({_PROTOCOL_HELP}).")
+@click.option("--select-metric", help=f"acc | sen | pre | f1 | auc | group_acc | last ({_PROTOCOL_HELP}).")
 @click.option("--seed", help="Run seed (default 0).")
 @click.option("--device", help="auto, cpu, cuda, cuda:N (default auto).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
@@ -147,11 +147,14 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
 @click.option("--image-size", help="Override the training image size.")
 @click.option("--batch-size", help="Override the batch size.")
 @click.option("--lr", help="Override the base learning rate.")
-@click.option("--select-metric", help="Override the best-checkpoint metric: acc | sen | pre | f1 | auc.")
+@click.option("--select-metric", help="Override the checkpoint rule: acc | sen | pre | f1 | auc | group_acc | last.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any training setting (e.g. optimizer=adam, warmup_epochs=5; docs/protocol.md); repeatable, "
                    "wins over the file and the options above.")
+@click.option("--tune", "tune", multiple=True, metavar="KEY=V1,V2",
+              help="Tune a training setting per row on validation (first seed; replaces the file's tune:), "
+                   "e.g. --tune lr=0.01,0.05,0.1; repeatable (docs/protocol.md).")
 @click.option("--ratio", "split_ratio", help="FlexSampling's imbalance ratio 100 | 200 | 500 (over the file's split; "
               "the default output folder then ends in -ratioN).")
 @click.option("--classes", "split_classes", help="FlexSampling's class set 8 | 14 (over the file's split).")
@@ -172,8 +175,8 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
               help="A SLURM setting (over the file's slurm: section): cluster=slurm|local, partition, account, qos, "
                    "time_min, gpus_per_job, cpus_per_job, mem_gb, array_parallelism, setup; repeatable.")
 def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, backbone, pretrained, image_size, batch_size, lr,
-              select_metric, device, settings, split_ratio, split_classes, retrieval, out, quiet, force, retry_failed,
-              keep_checkpoints, jobs, gpus, runs_per_gpu, threads, launcher, slurm) -> None:
+              select_metric, device, settings, tune, split_ratio, split_classes, retrieval, out, quiet, force,
+              retry_failed, keep_checkpoints, jobs, gpus, runs_per_gpu, threads, launcher, slurm) -> None:
     """Train every method × seed of a benchmark (skipping finished runs) and write the report.
 
     Interrupted runs resume from their last finished epoch; failed runs are recorded and the others
@@ -187,7 +190,8 @@ def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, backbone, pretr
         "epochs": epochs, "device": device, "backbone": backbone, "pretrained": pretrained,
         "image_size": image_size, "batch_size": batch_size, "lr": lr, "select_metric": select_metric},
         settings=cfg.key_value_pairs(settings, "--set"),
-        split_flags={"ratio": split_ratio, "classes": split_classes})
+        split_flags={"ratio": split_ratio, "classes": split_classes},
+        tune_flags=cfg.key_value_pairs(tune, "--tune") if tune else None)
     if retrieval is not None:
         import dataclasses
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ltbench.models import Backbone, Classifier
+from ltbench.recipes import Recipe
 from ltbench.stages import Stage, StreamSpec
 
 
@@ -77,6 +78,9 @@ class Method(nn.Module):
     #: One augmentation preset per view (``ltbench.data.augment.PRESETS``), for every stream
     #: that does not name its own views.
     views: ClassVar[tuple[str, ...]] = ("standard",)
+    #: Paper recipes as data (``ltbench.recipes.Recipe``), by name (``"paper"``); a benchmark row opts
+    #: in with ``recipe: NAME``. Empty: the method has none beyond the shared protocol.
+    recipes: ClassVar[dict[str, "Recipe"]] = {}
     #: One entry per stream: "instance", "class_balanced" or "reversed", or a pair
     #: ``(sampler, (view, ...))`` giving that stream its own views. With several,
     #: ``training_step`` receives one Batch per stream, in this order.

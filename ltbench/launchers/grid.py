@@ -44,6 +44,8 @@ class Row:
     name: str
     method: str
     params: dict
+    config: object = None  # the row's own TrainConfig (recipe, tuned values); None: the grid's ``train``
+    labels: dict = field(default_factory=dict)  # recipe / tuned values, written into the result (not the key)
 
 
 @dataclass
@@ -64,15 +66,39 @@ class Grid:
     methods: dict = field(default_factory=dict)  # registered method name -> its class
     retrieval: object = None  # ltbench.retrieval_pass.RetrievalSettings of the bench (not in the run key)
 
+    def config(self, row: str):
+        """The TrainConfig a row trains with."""
+        own = self.rows[row].config
+        return self.train if own is None else own
+
+    def with_device(self, device: str, to_config) -> "Grid":
+        """The grid with every config (the grid's and the rows' own) moved to ``device``."""
+        from dataclasses import replace
+
+        rows = {name: replace(row, config=None if row.config is None else to_config(row.config, device))
+                for name, row in self.rows.items()}
+        return replace(self, train=to_config(self.train, device), rows=rows)
+
     def tasks(self) -> list[Task]:
         """Row-major, in benchmark order: the order of the sequential bench."""
         return [Task(row, seed) for row in self.rows for seed in self.seeds]
 
 
+def row_labels(row) -> dict:
+    """What a result records of its row beyond the run key: its recipe and tuned values."""
+    labels = {}
+    if getattr(row, "recipe", None):
+        labels["recipe"] = row.recipe
+    if getattr(row, "tuned", None):
+        labels["tuned"] = dict(row.tuned)
+    return labels
+
+
 def make_grid(bench, out_dir: Path, prepared, *, force: bool, retry_failed: bool, keep_checkpoints: bool) -> Grid:
     from ltbench.registry import get_method_class
 
-    rows = {name: Row(name, row.method, dict(row.params)) for name, row in bench.methods.items()}
+    rows = {name: Row(name, row.method, dict(row.params), row.config, row_labels(row))
+            for name, row in bench.methods.items()}
     return Grid(name=bench.name, data=bench.data, train=bench.train, rows=rows, seeds=list(bench.seeds),
                 out_dir=Path(out_dir), split_hash=prepared.split_hash, image_size=bench.train.image_size,
                 force=force, retry_failed=retry_failed, keep_checkpoints=keep_checkpoints,
@@ -104,7 +130,7 @@ def expected_key(grid: Grid, task: Task) -> str:
 
     row = grid.rows[task.row]
     method = create_method(row.method, **row.params)
-    config = TrainConfig(**{**grid.train.to_dict(), "seed": task.seed})
+    config = TrainConfig(**{**grid.config(task.row).to_dict(), "seed": task.seed})
     return run_key(task.row, _jsonable(method.get_params()), task.seed, config, grid.data, grid.split_hash,
                    registered=row.method)
 
@@ -194,7 +220,8 @@ def run_task(grid: Grid, prepared, task: Task, wait: bool = False,
     row = grid.rows[task.row]
     start = time.perf_counter()
     try:
-        result, trained = run_one(row.method, row.params, task.seed, grid.train, grid.data, prepared, grid.out_dir,
+        result, trained = run_one(row.method, row.params, task.seed, grid.config(task.row), grid.data, prepared,
+                                  grid.out_dir, labels=row.labels,
                                   benchmark=grid.name, progress=False, row=task.row, wait=wait,
                                   replace_stale=grid.force, retry_failed=grid.retry_failed,
                                   keep_checkpoints=grid.keep_checkpoints, warn=warn, retrieval=grid.retrieval)

@@ -138,7 +138,7 @@ class _Pool:
         inbox = self.ctx.Queue()
         grid, env = self.grid, {}
         if slot is not None:  # the run sees one device, as cuda:0
-            grid = replace(grid, train=_with_device(grid.train, "cuda"))
+            grid = grid.with_device("cuda", _with_device)
             env["CUDA_VISIBLE_DEVICES"] = visible_device(slot)
         cores = self._cores(slot)
         process = self.ctx.Process(target=worker_main, name=f"ltbench-worker{wid}", daemon=True,

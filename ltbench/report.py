@@ -185,6 +185,7 @@ def _context(results: list[dict]) -> dict[str, str]:
         "batch_size": values(lambda r: r.get("config", {}).get("batch_size", "?")),
         "lr": values(lambda r: r.get("config", {}).get("lr", "?")),
         "select_metric": values(lambda r: r.get("config", {}).get("select_metric", "acc")),
+        "selection": selection_text(results),
         "protocol": values(_protocol_options),
         "seeds": values(lambda r: r["seed"]),
         "leak": values(lambda r: leak_text(r.get("split", {}).get("lesion_leak"))),
@@ -235,13 +236,31 @@ def _protocol_options(result: dict) -> str:
     return text
 
 
+def selection_text(results: Sequence[dict]) -> str:
+    """Which rule chose each row's tested checkpoint (one rule: said once; several: rows per rule)."""
+    from ltbench.selection import RULE_TEXT
+
+    rows: dict[str, list[str]] = {}
+    for r in results:
+        rule = str(r.get("config", {}).get("select_metric", "acc"))
+        rows.setdefault(rule, [])
+        if str(r["method"]) not in rows[rule]:
+            rows[rule].append(str(r["method"]))
+    if len(rows) == 1:
+        rule = next(iter(rows))
+        return f"{RULE_TEXT.get(rule, rule)} (select_metric {rule}), every row"
+    return "; ".join(f"{RULE_TEXT.get(rule, rule)} (select_metric {rule}): {', '.join(methods)}"
+                     for rule, methods in sorted(rows.items()))
+
+
 def _header_line(ctx: dict[str, str]) -> str:
     # Every setting that changes results, so a table is never read without its protocol.
     return (f"Dataset: {ctx['dataset']} · split: {ctx['split_kind']} ({ctx['split_hash']}) · "
             f"backbone: {ctx['backbone']} · pretrained: {ctx['pretrained']} · image size: {ctx['image_size']} · "
             f"epochs: {ctx['epochs']} · batch: {ctx['batch_size']} · lr: {ctx['lr']} · "
             f"optimiser: {ctx.get('protocol', '?')} · "
-            f"best checkpoint by val {ctx['select_metric']} · seeds: {ctx['seeds']}")
+            f"checkpoint: {ctx.get('selection', ctx['select_metric'])} · "
+            f"head/medium/tail: {ctx.get('groups', '?')} · seeds: {ctx['seeds']}")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -267,11 +286,12 @@ BoldRows = Mapping[str, "set[str]"]  # metric key -> the methods whose cell is b
 
 
 def _cells(summary: pd.DataFrame, bold: Callable[[str], str], pm: str, nan: str,
-           bold_rows: BoldRows | None = None) -> list[list[str]]:
+           bold_rows: BoldRows | None = None, marks: Mapping[str, str] | None = None) -> list[list[str]]:
     """Table body: method, [seeds], then ``mean pm std`` per metric.
 
     Bold: the methods ``bold_rows`` names per metric (the report passes those whose best mean the
-    paired test separates from the runner-up); None: every best mean as displayed.
+    paired test separates from the runner-up); None: every best mean as displayed. ``marks``: text
+    after a method's name (the ⚠ of flagged runs).
     """
     cols = _columns(summary)
     if bold_rows is None:
@@ -281,7 +301,7 @@ def _cells(summary: pd.DataFrame, bold: Callable[[str], str], pm: str, nan: str,
     show_seeds = summary["n_seeds"].nunique() > 1
     rows = []
     for i, row in summary.iterrows():
-        cells = [row["method"]] + ([str(row["n_seeds"])] if show_seeds else [])
+        cells = [row["method"] + (marks or {}).get(row["method"], "")] + ([str(row["n_seeds"])] if show_seeds else [])
         for key, _ in cols:
             mean, std = row[f"{key}_mean"], row[f"{key}_std"]
             text = nan if math.isnan(mean) else f"{mean:.2f}"
@@ -333,9 +353,10 @@ def stale_lines(stale: Sequence[dict]) -> list[str]:
               for s in stale), ""]
 
 
-def markdown_table(summary: pd.DataFrame, bold_rows: BoldRows | None = None) -> str:
-    """GitHub-flavoured Markdown table, ``mean ± std``; bold: see :func:`_cells`."""
-    rows = _cells(summary, bold=lambda t: f"**{t}**", pm="±", nan="n/a", bold_rows=bold_rows)
+def markdown_table(summary: pd.DataFrame, bold_rows: BoldRows | None = None,
+                   marks: Mapping[str, str] | None = None) -> str:
+    """GitHub-flavoured Markdown table, ``mean ± std``; bold and marks: see :func:`_cells`."""
+    rows = _cells(summary, bold=lambda t: f"**{t}**", pm="±", nan="n/a", bold_rows=bold_rows, marks=marks)
     return tabulate(rows, headers=_headers(summary), tablefmt="github", disable_numparse=True)
 
 
@@ -407,25 +428,33 @@ def _panel_layout(n_panels: int, class_names: Sequence[str]) -> tuple[float, flo
 PANEL_DPI = 120
 
 
-def _render_panel(title: str, mat: np.ndarray, labels: np.ndarray | None, class_names: Sequence[str],
-                  layout: tuple[float, float, int]) -> np.ndarray:
-    """One confusion panel as an RGBA pixel array (Agg canvas, no pyplot state).
-
-    Panels are drawn once and pasted into the grids and per-method figures: matplotlib's text
-    layout is the cost (one text per cell), and constrained layout measured every text again.
-    """
+def panel_figure(title: str, mat: np.ndarray, labels: np.ndarray | None, class_names: Sequence[str],
+                 layout: tuple[float, float, int]) -> Figure:
+    """One confusion panel (Agg canvas, no pyplot state); ``mat``/``class_names`` already in the report's
+    class order (head → tail), which the axis titles say."""
     side, margin, font = layout
     fig = Figure(figsize=(side, side), dpi=PANEL_DPI)
-    canvas = FigureCanvasAgg(fig)
+    FigureCanvasAgg(fig)
     box = side - margin - 0.4
     ax = fig.add_axes([margin / side, (side - 0.4 - box) / side, box / side, box / side])
     _heatmap(ax, mat, labels, class_names, font)
     ax.set_title(title, fontsize=font + 1)
-    ax.set_xlabel("Predicted", fontsize=font + 1)
-    ax.set_ylabel("True", fontsize=font + 1)
+    ax.set_xlabel("Predicted (head → tail)", fontsize=font + 1)
+    ax.set_ylabel("True (head → tail)", fontsize=font + 1)
     ax.tick_params(axis="both", labelsize=font)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba()).copy()
+    return fig
+
+
+def _render_panel(title: str, mat: np.ndarray, labels: np.ndarray | None, class_names: Sequence[str],
+                  layout: tuple[float, float, int]) -> np.ndarray:
+    """One confusion panel (:func:`panel_figure`) as an RGBA pixel array.
+
+    Panels are drawn once and pasted into the grids and per-method figures: matplotlib's text
+    layout is the cost (one text per cell), and constrained layout measured every text again.
+    """
+    fig = panel_figure(title, mat, labels, class_names, layout)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba()).copy()
 
 
 def _compose(images: Sequence[np.ndarray], ncols: int) -> bytes:
@@ -476,16 +505,23 @@ def _heatmap(ax, mat: np.ndarray, labels: np.ndarray | None, class_names: Sequen
         spine.set_visible(False)
 
 
-def confusion_counts_csv(results: list[dict], methods: Sequence[str], class_names: list[str]) -> str:
-    """Long table: method, true, predicted, count (summed over seeds), seeds, normalised (mean over seeds)."""
+def confusion_counts_csv(results: list[dict], methods: Sequence[str], class_names: list[str],
+                         order: Sequence[int] | None = None) -> str:
+    """Long table: method, true, predicted, count (summed over seeds), seeds, normalised (mean over seeds).
+
+    Classes in ``order`` (indices; the report passes head → tail), default the stored order.
+    """
+    order = list(range(len(class_names))) if order is None else list(order)
     rows = []
     for m in methods:
         total, n = summed_confusion(results, m)
         if total is None:
             continue
         norm = mean_confusion(results, m)
-        for i, t in enumerate(class_names):
-            for j, p in enumerate(class_names):
+        for i in order:
+            t = class_names[i]
+            for j in order:
+                p = class_names[j]
                 rows.append({"method": m, "true": t, "predicted": p, "count": int(total[i, j]), "seeds": n,
                              "normalized_mean": float(norm[i, j])})
     frame = pd.DataFrame(rows, columns=["method", "true", "predicted", "count", "seeds", "normalized_mean"])
@@ -514,18 +550,22 @@ def write_report(results: list[dict], out_dir: Path, order: Sequence[str] | None
     ``ltbench.report_groups``); when both are None they are read from ``report_settings.json``
     beside the runs (written by the bench), if any. Returns file name -> path.
     """
-    from ltbench.report_evidence import best_tests, best_tests_markdown, evidence_outputs, gather_evidence
-    from ltbench.report_groups import apply_groups, describe
+    from ltbench.report_evidence import (best_tests, best_tests_markdown, evidence_outputs, flag_marks, flagged_runs,
+                                         flags_line, gather_evidence)
+    from ltbench.report_groups import apply_groups, class_order, resolve
     from ltbench.report_references import compare, read_settings, references_markdown
+    from ltbench.recipes import recipe_lines
+    from ltbench.tuning import read_tuning, tuning_evidence, tuning_summary
 
     out_dir = Path(out_dir)
     run_dir = Path(run_dir) if run_dir else out_dir / "runs"
     if references is None and groups is None:
         references, groups = read_settings(run_dir.parent, out_dir)
-    results = apply_groups(results, groups)
+    spec, grouping = resolve(groups, results)  # groups: > stored group_sizes > the dataset's literature > terciles
+    results = apply_groups(results, spec)
     summary = summarize(results, order)
     ctx = _context(results)
-    ctx["groups"] = describe(groups, results)
+    ctx["groups"] = grouping
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
 
@@ -539,26 +579,35 @@ def write_report(results: list[dict], out_dir: Path, order: Sequence[str] | None
     bold_rows = {k: {t.best} for k, t in tests.items() if t.significant}
 
     shown = with_failures(summary, failures, order)  # the tables; figures and evidence use finished runs
-    notes = "\n".join(stale_lines(stale))
-    table = markdown_table(shown, bold_rows) + ("\n\n" + notes.rstrip("\n") if notes else "")
+    flagged = flagged_runs(results)  # collapse and non-convergence (issue 20 item 4)
+    notes = "\n".join([*stale_lines(stale), *([flags_line(flagged, methods)] if flagged else [])])
+    table = markdown_table(shown, bold_rows, marks=flag_marks(flagged)) + ("\n\n" + notes.rstrip("\n") if notes else "")
+    tuning = read_tuning(run_dir.parent)  # the bench's tuning.json (ltbench/tuning.py), if it tuned
+    protocol_notes = recipe_lines(results) + (tuning_summary(tuning) if tuning else [])
+    if protocol_notes:  # which rows ran a paper recipe, which settings tuning chose (issue 20)
+        table += "\n\n" + "\n".join(protocol_notes).rstrip("\n")
     put("summary.md", f"{_header_line(ctx)}\n\n{table}\n\n{BOLD_RULE}\n")
     put("summary.csv", shown.to_csv(index=False, lineterminator="\n"))
     put("summary.tex", latex_table(shown, bold_rows))
 
-    class_names = [str(n) for n in results[0]["test"]["per_class"]["name"]]
-    panels = [(f"{m} (n={int(n)})", mean_confusion(results, m))
+    stored_names = [str(n) for n in results[0]["test"]["per_class"]["name"]]
+    classes = class_order(results)  # one class order, head -> tail, in every table and figure
+    class_names = [stored_names[i] for i in classes]
+    reorder = np.ix_(classes, classes)
+    panels = [(f"{m} (n={int(n)})", mean_confusion(results, m)[reorder])
               for m, n in zip(summary["method"], summary["n_seeds"])]
     layout = _panel_layout(len(panels), class_names)  # every panel drawn once, pasted where it is shown
     normalised = [_render_panel(title, mat, None, class_names, layout) for title, mat in panels]
     ncols = _grid_shape(len(panels))[1]
     put("confusion_matrices.png", _compose(normalised, ncols))
-    summed = [summed_confusion(results, m) for m in methods]
+    summed = [(total[reorder] if total is not None else None, n)
+              for total, n in (summed_confusion(results, m) for m in methods)]
     counted = {m: _render_panel(f"{m} (counts, {n} seed{'s' * (n != 1)})", mat, total, class_names, layout)
                for m, (_, mat), (total, n) in zip(methods, panels, summed) if total is not None}
     with_counts = bool(counted)
     if counted:
         put("confusion_counts.png", _compose(list(counted.values()), _grid_shape(len(counted))[1]))
-        put("confusion_counts.csv", confusion_counts_csv(results, methods, class_names))
+        put("confusion_counts.csv", confusion_counts_csv(results, methods, stored_names, classes))
     no_counts = [m for m in methods if m not in counted]
     per_method = []
     for method, image in zip(methods, normalised):
@@ -569,7 +618,13 @@ def write_report(results: list[dict], out_dir: Path, order: Sequence[str] | None
 
     evidence = evidence_outputs(results, run_dir, summary, methods, baseline, gathered=gathered,
                                 grouping=ctx["groups"], bold=best_tests_markdown(tests, dict(_columns(summary))))
-    evidence.update(retrieval_outputs(results, run_dir, methods))  # retrieval tables/figures, if the runs have them
+    index = {n: i for i, n in enumerate(stored_names)}  # the report's groups, also for the retrieval columns
+    retrieval_groups = {g: [index[n] for n in members if n in index]
+                        for g, members in (results[0]["test"].get("groups") or {}).items()} or None
+    evidence.update(retrieval_outputs(results, run_dir, methods, groups=retrieval_groups,
+                                      grouping=grouping))  # retrieval tables/figures, if the runs have them
+    if tuning and "evidence.md" in evidence:
+        evidence["evidence.md"] = evidence["evidence.md"].rstrip("\n") + "\n\n" + "\n".join(tuning_evidence(tuning))
     for name, content in evidence.items():
         put(name, content)
     reference_text = ""
@@ -587,13 +642,15 @@ BOLD_RULE = ("Bold: a column's best mean, only when a paired bootstrap over the 
              "separates it from the runner-up at p < 0.05 (details: evidence.md).")
 
 _EVIDENCE_FILES = {
-    "evidence.md": "95 % bootstrap intervals, paired tests against the baseline (Holm), calibration, collapse flags, "
+    "evidence.md": "95 % bootstrap intervals, paired tests against the baseline (Holm), calibration, collapse and "
+                   "convergence flags, selection sensitivity (acc / sen / f1 / last), "
                    "the tests behind the bold, per-class and cost tables",
     "calibration.csv": "ECE, NLL, Brier, worst-class recall and best epoch per run",
     "metrics.png": "headline metrics per method, error bars = std over seeds",
     "per_class_recall.png": "test recall per method and class, classes head → tail",
     "reliability.png": "reliability diagrams, seeds pooled",
-    "training_curves.png": "validation metric per epoch, one line per seed",
+    "training_curves.png": "validation Acc and Sen per epoch (shared axes per metric), one line per seed, "
+                           "the tested epoch marked",
     **RETRIEVAL_FILES,
 }
 
@@ -609,7 +666,7 @@ def _readme(ctx: dict[str, str], table: str, per_method: list[tuple[str, str]],
         f"- Lesion leak: {ctx.get('leak', '?')}",
         f"- Backbone: {ctx['backbone']} (pretrained: {ctx['pretrained']}), image size {ctx['image_size']}, "
         f"epochs {ctx['epochs']}, batch {ctx['batch_size']}, lr {ctx['lr']}, "
-        f"best-validation checkpoint by {ctx['select_metric']}",
+        f"checkpoint: {ctx.get('selection', ctx['select_metric'])}",
         f"- Seeds: {ctx['seeds']} ({ctx['runs']} runs)",
         f"- Head / medium / tail: {ctx.get('groups', '?')}",
         "",
@@ -644,7 +701,8 @@ def _readme(ctx: dict[str, str], table: str, per_method: list[tuple[str, str]],
         "",
         "## Confusion matrices",
         "",
-        "Row-normalised (true class on y, predicted class on x), averaged over seeds.",
+        "Row-normalised (true class on y, predicted class on x; classes head → tail by training count on both "
+        "axes, as in every table and figure of this report), averaged over seeds.",
         "",
         "![Confusion matrices](confusion_matrices.png)",
         "",
@@ -657,7 +715,8 @@ def _readme(ctx: dict[str, str], table: str, per_method: list[tuple[str, str]],
         lines += [f"No counts stored (results of an older version): {', '.join(no_counts)}.", ""]
     if "evidence.md" in evidence:
         lines += ["## Evidence", "",
-                  "Confidence intervals, paired tests against the baseline, calibration and collapse flags: "
+                  "Confidence intervals, paired tests against the baseline, calibration, collapse and convergence "
+                  "flags, and what each checkpoint rule would have tested: "
                   "[evidence.md](evidence.md).", ""]
         lines += [f"![{name}]({name})\n" for name in
                   ("metrics.png", "per_class_recall.png", "reliability.png", "training_curves.png")

@@ -8,9 +8,11 @@ retrieval was asked for) are listed, never filled in.
 
 Outputs (only when at least one run has retrieval results): ``retrieval.md`` (protocol, a table
 per aggregation, the runs without results), ``retrieval.csv`` (unrounded), ``retrieval_per_class.png``
-(per-class mAP@all heat map, classes head → tail), ``retrieval_pr.png`` (precision–recall by rank,
+(per-class mAP@all heat map, classes in the report's head → tail order), ``retrieval_pr.png`` (precision–recall by rank,
 ``feature`` space, one line per method) and ``retrieval_examples_<row>.png`` (query + its top-5
 training images, hits and misses marked). Deterministic bytes, like ``ltbench.report``.
+Head / medium / tail mAP follow the report's grouping (``ltbench.report_groups``) when it passes one;
+the kNN columns are titled with the k the runs used (``ltbench.retrieval.knn_k_for``).
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
+from ltbench.report_groups import class_labels, class_order
+
 #: File name -> description, for the report README's file list.
 RETRIEVAL_FILES = {
     "retrieval.md": "retrieval (database = train, queries = test): mAP@all, mAP@10, P@10, MRR@10, kNN votes",
@@ -42,9 +46,9 @@ _MACRO = [
     ("map_10", "mAP@10", lambda s: s["map_10"]["macro"]),
     ("p_10", "P@10", lambda s: s["p_10"]["macro"]),
     ("mrr_10", "MRR@10", lambda s: s["mrr_10"]["macro"]),
-    ("knn_bacc", "kNN-200 bal. acc", lambda s: s["knn_weighted"]["balanced_acc"]),
+    ("knn_bacc", "{knn} bal. acc", lambda s: s["knn_weighted"]["balanced_acc"]),
     ("vote_bacc", "16-NN bal. acc", lambda s: s["knn_majority"]["balanced_acc"]),
-    ("knn_f1", "kNN-200 F1", lambda s: s["knn_weighted"]["f1"]),
+    ("knn_f1", "{knn} F1", lambda s: s["knn_weighted"]["f1"]),
     ("vote_f1", "16-NN F1", lambda s: s["knn_majority"]["f1"]),
     ("head_map", "Head mAP", lambda s: s["map_all"]["groups"]["head"]),
     ("medium_map", "Medium mAP", lambda s: s["map_all"]["groups"]["medium"]),
@@ -56,7 +60,7 @@ _MICRO = [
     ("map_10_micro", "mAP@10", lambda s: s["map_10"]["micro"]),
     ("p_10_micro", "P@10", lambda s: s["p_10"]["micro"]),
     ("mrr_10_micro", "MRR@10", lambda s: s["mrr_10"]["micro"]),
-    ("knn_acc", "kNN-200 acc", lambda s: s["knn_weighted"]["acc"]),
+    ("knn_acc", "{knn} acc", lambda s: s["knn_weighted"]["acc"]),
     ("vote_acc", "16-NN acc", lambda s: s["knn_majority"]["acc"]),
     ("p10_r4_micro", "p10_r4_micro", lambda s: s["p10_r4"]["p10_r4_micro"]),
 ]
@@ -81,14 +85,38 @@ def _space_order(spaces) -> list[str]:
     return sorted(spaces, key=lambda s: (rank.get(s, 9), s))
 
 
-def retrieval_summary(results: Sequence[dict], order: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per (method, space): ``n_seeds`` and ``<column>_mean`` / ``_std`` (percent, sample std)."""
+def _regrouped(space: dict, groups: dict[str, list[int]]) -> dict:
+    """``space`` with its head/medium/tail mAP@all recomputed from the per-class values under ``groups``."""
+    per = np.asarray(space.get("map_all", {}).get("per_class") or [], dtype=float)
+    if per.size == 0:
+        return space
+    recomputed = {g: float(np.nanmean(per[ids])) if ids and np.isfinite(per[ids]).any() else math.nan
+                  for g, ids in groups.items()}
+    return {**space, "map_all": {**space["map_all"], "groups": recomputed}}
+
+
+def knn_label(results: Sequence[dict]) -> str:
+    """``kNN-k`` with the weighted vote's k when every run used the same one, else ``kNN``."""
+    ks = {s.get("knn_weighted", {}).get("k") for r in results for s in ((r.get("retrieval") or {}).get("spaces") or {}).values()}
+    ks.discard(None)
+    return f"kNN-{ks.pop()}" if len(ks) == 1 else "kNN"
+
+
+def retrieval_summary(results: Sequence[dict], order: Sequence[str] | None = None,
+                      groups: dict[str, list[int]] | None = None) -> pd.DataFrame:
+    """One row per (method, space): ``n_seeds`` and ``<column>_mean`` / ``_std`` (percent, sample std).
+
+    ``groups`` (class indices per group): the report's grouping for the head/medium/tail mAP columns
+    (default: the terciles stored by the retrieval pass).
+    """
     rows = []
     for method in _order(results, order):
         runs = [r for r in results if r["method"] == method and (r.get("retrieval") or {}).get("spaces")]
         spaces = _space_order({s for r in runs for s in r["retrieval"]["spaces"]})
         for space in spaces:
             found = [r["retrieval"]["spaces"][space] for r in runs if space in r["retrieval"]["spaces"]]
+            if groups:
+                found = [_regrouped(s, groups) for s in found]
             row = {"method": method, "space": space, "metric": found[0].get("metric", "?"), "n_seeds": len(found)}
             for key, _, get in _MACRO + _MICRO:
                 values = np.array([_value(get, s) for s in found], dtype=float)
@@ -98,8 +126,8 @@ def retrieval_summary(results: Sequence[dict], order: Sequence[str] | None = Non
     return pd.DataFrame(rows)
 
 
-def _table(summary: pd.DataFrame, columns) -> str:
-    present = [(k, t) for k, t, _ in columns if not summary[f"{k}_mean"].isna().all()]
+def _table(summary: pd.DataFrame, columns, knn: str = "kNN") -> str:
+    present = [(k, t.format(knn=knn)) for k, t, _ in columns if not summary[f"{k}_mean"].isna().all()]
     show_seeds = summary["n_seeds"].nunique() > 1
     best = {}
     for key, _ in present:  # best mean per column among the feature rows (the cross-method headline)
@@ -156,17 +184,10 @@ def _safe(name: str) -> str:
 
 # ----------------------------------------------------------------------------- figures
 
-def _class_order(results: Sequence[dict]) -> tuple[list[str], list[int]]:
-    """Class names and their indices ordered head → tail by training count (ties by index)."""
-    names = [str(n) for n in results[0]["test"]["per_class"]["name"]]
-    counts = (results[0].get("dataset", {}).get("class_counts", {}) or {}).get("train") or [0] * len(names)
-    order = sorted(range(len(names)), key=lambda c: (-counts[c], c))
-    return [f"{names[c]} ({counts[c]})" for c in order], order
-
-
-def per_class_figure(results: Sequence[dict], summary: pd.DataFrame) -> bytes:
+def per_class_fig(results: Sequence[dict], summary: pd.DataFrame) -> Figure:
     """Heat map: rows (method · space), columns classes head → tail, per-class mAP@all mean over seeds."""
-    labels, order = _class_order(results)
+    order = class_order(results)
+    labels = class_labels(results, order)
     rows, values = [], []
     for _, row in summary.iterrows():
         runs = [r["retrieval"]["spaces"][row["space"]] for r in results
@@ -189,7 +210,11 @@ def per_class_figure(results: Sequence[dict], summary: pd.DataFrame) -> bytes:
     ax.set_xlabel("class (training images), head → tail")
     ax.set_title("Per-class retrieval mAP@all (%), mean over seeds")
     fig.colorbar(image, ax=ax, shrink=0.8)
-    return _png(fig)
+    return fig
+
+
+def per_class_figure(results: Sequence[dict], summary: pd.DataFrame) -> bytes:
+    return _png(per_class_fig(results, summary))
 
 
 def pr_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
@@ -255,12 +280,16 @@ def examples_figure(method: str, seed: int, arrays: dict[str, np.ndarray], class
 
 # ----------------------------------------------------------------------------- the section
 
-def retrieval_outputs(results: Sequence[dict], run_dir: Path, order: Sequence[str] | None = None) -> dict:
-    """File name -> content of the retrieval section; ``{}`` when no run has retrieval results."""
+def retrieval_outputs(results: Sequence[dict], run_dir: Path, order: Sequence[str] | None = None,
+                      groups: dict[str, list[int]] | None = None, grouping: str | None = None) -> dict:
+    """File name -> content of the retrieval section; ``{}`` when no run has retrieval results.
+
+    ``groups`` / ``grouping``: the report's head/medium/tail classes (indices) and their name.
+    """
     with_retrieval = [r for r in results if (r.get("retrieval") or {}).get("spaces")]
     if not with_retrieval:
         return {}
-    summary = retrieval_summary(with_retrieval, order)
+    summary = retrieval_summary(with_retrieval, order, groups)
     methods = _order(with_retrieval, order)
     class_names = [str(n) for n in results[0]["test"]["per_class"]["name"]]
     outputs: dict[str, str | bytes] = {}
@@ -291,11 +320,26 @@ def retrieval_outputs(results: Sequence[dict], run_dir: Path, order: Sequence[st
     if curves:
         outputs["retrieval_pr.png"] = pr_figure(curves)
     outputs["retrieval.md"] = _markdown(results, with_retrieval, summary, examples, sorted(set(unreadable)),
-                                        "retrieval_pr.png" in outputs)
+                                        "retrieval_pr.png" in outputs, grouping)
     return outputs
 
 
-def _markdown(results, with_retrieval, summary, examples, unreadable, has_pr) -> str:
+def _knn_text(with_retrieval: Sequence[dict]) -> str:
+    """The weighted vote's k in words: the rule and, when the runs agree, its value and the smallest class."""
+    found = {(s.get("knn_weighted", {}).get("k"), s.get("knn_weighted", {}).get("smallest_class"))
+             for r in with_retrieval for s in r["retrieval"]["spaces"].values()}
+    rule = ("k = min(200, max(1, ⌊0.15 · n_min⌋)), n_min = the smallest class's database count (200 neighbours "
+            "are ~15 % of an ImageNet class, InstDisc's setting; a fixed 200 on a small long-tailed database is "
+            "a vote of the head)")
+    if len(found) == 1:
+        k, smallest = found.pop()
+        if smallest is None:  # results written before k followed the database
+            return f"kNN-{k}: weighted vote exp(s/0.1) over a fixed k = {k} (results of an older version)"
+        return f"kNN-{k}: weighted vote exp(s/0.1) over the k nearest, {rule}; here n_min = {smallest}, k = {k}"
+    return f"kNN: weighted vote exp(s/0.1) over the k nearest, {rule}; k differs between runs (see retrieval.csv)"
+
+
+def _markdown(results, with_retrieval, summary, examples, unreadable, has_pr, grouping=None) -> str:
     first = with_retrieval[0]["retrieval"]
     without = sorted(f"{r['method']} seed {r['seed']}" for r in results if not (r.get("retrieval") or {}).get("spaces"))
     excluded = sorted({str((r["retrieval"]).get("spaces", {}).get("feature", {}).get("same_lesion_excluded"))
@@ -316,12 +360,13 @@ def _markdown(results, with_retrieval, summary, examples, unreadable, has_pr) ->
                                      f"{', '.join(excluded)})") + f". Split lesion leak: {leak_text(leak)}.",
         "", "Class-macro (the headline; mean over classes of the per-query values), percent, mean ± sample std "
         "over seeds; bold: the best `feature` row (the cross-method headline). mAP in the hashing convention "
-        "(AP@k over the relevant items found in the top k; k = all is the whole ranking). kNN-200: weighted vote "
-        "exp(s/0.1); 16-NN: majority vote. `p10_r4_macro`: the hashing paper's own score (class-macro P@10 "
-        "after a Hamming-radius-4 lookup; not a mAP), hash spaces only.", "",
-        _table(summary, _MACRO), "",
+        f"(AP@k over the relevant items found in the top k; k = all is the whole ranking). {_knn_text(with_retrieval)}; "
+        "16-NN: majority vote (Tschandl et al.). `p10_r4_macro`: the hashing paper's own score (class-macro P@10 "
+        "after a Hamming-radius-4 lookup; not a mAP), hash spaces only. Head / medium / tail mAP: "
+        f"{grouping or 'terciles of the database (training) counts'}.", "",
+        _table(summary, _MACRO, knn_label(with_retrieval)), "",
         "Micro (mean over queries, what hashing papers report):", "",
-        _table(summary, _MICRO), "",
+        _table(summary, _MICRO, knn_label(with_retrieval)), "",
     ]
     if dataset == "digits-lt":
         lines += ["On digits-lt a rotation-invariant representation makes 6 and 9 alike (a 180° rotation maps "

@@ -23,8 +23,9 @@ Pure functions of embeddings and labels; nothing here draws a random number. Con
   - ``mrr_10``: 1 / rank of the first relevant item if it is in the top 10, else 0.
   - precision–recall by rank, averaged over **all** queries at ranks 1..min_q N_q: precision
     ``hits(r)/r``, recall ``hits(r)/R`` (0 for a query with no relevant item, R = 0).
-  - kNN classification from the same ranking: a weighted vote over the k = 200 nearest,
-    ``score_c = Σ exp(s/τ)`` with τ = 0.1 and s the similarity (cosine: 1 − distance; Hamming:
+  - kNN classification from the same ranking: a weighted vote over the k nearest,
+    k = min(200, max(1, ⌊0.15 · n_min⌋)) with n_min the smallest class's database count (classes absent
+    from the database left out; :func:`knn_k_for`), ``score_c = Σ exp(s/τ)`` with τ = 0.1 and s the similarity (cosine: 1 − distance; Hamming:
     ``1 − 2·d/bits``, the cosine of ±1 codes), argmax with ties to the lower class index (InstDisc's
     kNN monitor as in the MoCo demo / lightly ``knn_predict``; their ``topk`` breaks ties arbitrarily);
     and a majority vote over the 16 nearest (Tschandl et al., Br J Dermatol 2019), ties to the
@@ -42,6 +43,7 @@ Pure functions of embeddings and labels; nothing here draws a random number. Con
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,7 +55,11 @@ from ltbench.metrics import GROUPS, group_classes
 
 METRICS = ("cosine", "hamming")
 TOP_K = 10
-KNN_K = 200
+KNN_K = 200  # the cap: InstDisc's k (Wu et al., CVPR 2018; the MoCo demo, lightly knn_predict)
+# k as a fraction of the smallest class's database count: 200 is ~15 % of an ImageNet class (~1,300
+# images), the setting k = 200 was made for. A fixed 200 on a small long-tailed database is a vote
+# of the head: with 906 ISIC images it returned the majority class for almost every query.
+KNN_FRACTION = 0.15
 KNN_TEMPERATURE = 0.1
 VOTE_K = 16
 CHUNK_SIZE = 256
@@ -181,6 +187,14 @@ def per_query_metrics(relevant: Tensor, kept: Tensor, top_k: int = TOP_K,
             f"mrr_{top_k}": 1.0 / first}
 
 
+def knn_k_for(database_counts: Sequence[int], cap: int = KNN_K, fraction: float = KNN_FRACTION) -> int:
+    """The weighted vote's k: ``min(cap, max(1, ⌊fraction · n_min⌋))``, n_min = the smallest non-zero count."""
+    present = [int(n) for n in database_counts if int(n) > 0]
+    if not present:
+        return 1
+    return int(min(cap, max(1, math.floor(fraction * min(present)))))
+
+
 def knn_weighted_vote(labels_ranked: Tensor, similarity_ranked: Tensor, num_classes: int, k: int = KNN_K,
                       temperature: float = KNN_TEMPERATURE) -> Tensor:
     """Predicted class [q]: argmax_c Σ_{top-k neighbours of class c} exp(s/τ); ties to the lower class."""
@@ -250,14 +264,14 @@ def classification_summary(labels: np.ndarray, preds: np.ndarray, num_classes: i
 def retrieval_metrics(queries, query_labels, database, database_labels, num_classes: int,
                       metric: str = "cosine", query_groups: Sequence | None = None,
                       database_groups: Sequence | None = None, exclude_same_group: bool = True,
-                      top_k: int = TOP_K, knn_k: int = KNN_K, knn_temperature: float = KNN_TEMPERATURE,
+                      top_k: int = TOP_K, knn_k: int | None = None, knn_temperature: float = KNN_TEMPERATURE,
                       vote_k: int = VOTE_K, chunk_size: int = CHUNK_SIZE, keep_top: int = 0,
                       device: torch.device | str | None = None) -> dict:
     """Every retrieval metric of one representation (module docstring), as a JSON-ready dict.
 
     ``queries`` [Q, D] / ``database`` [N, D]: numpy arrays or torch tensors (any float dtype; cast to
     float32). ``keep_top`` > 0 also returns the database indices of each query's top results
-    (``top`` [Q, keep_top], for example figures).
+    (``top`` [Q, keep_top], for example figures). ``knn_k`` None: :func:`knn_k_for` of the database counts.
     """
     with torch.no_grad():
         return _retrieval_metrics(queries, query_labels, database, database_labels, num_classes, metric,
@@ -275,6 +289,8 @@ def _retrieval_metrics(queries, query_labels, database, database_labels, num_cla
     if q_labels.size and (q_labels.min() < 0 or q_labels.max() >= num_classes):
         raise ValueError(f"retrieval: query labels must lie in [0, {num_classes})")
     train_counts = np.bincount(d_labels, minlength=num_classes).tolist()
+    if knn_k is None:
+        knn_k = knn_k_for(train_counts)
     dim = (queries.shape[1] if hasattr(queries, "shape") else len(queries[0]))
     per_query: dict[str, list] = {}
     preds_weighted, preds_majority, tops = [], [], []
@@ -326,7 +342,9 @@ def _retrieval_metrics(queries, query_labels, database, database_labels, num_cla
                 recall += hits_by_total[r_value].cpu().to(torch.float64)[:cut] / r_value
         out["pr_curve"] = {"precision": (100.0 * summed / ranks / n_queries).tolist(),
                            "recall": (100.0 * recall / n_queries).tolist()}
-    out["knn_weighted"] = {"k": knn_k, "temperature": knn_temperature,
+    present = [n for n in train_counts if n > 0]
+    out["knn_weighted"] = {"k": knn_k, "k_rule": f"min({KNN_K}, max(1, floor({KNN_FRACTION} x smallest class)))",
+                           "smallest_class": min(present) if present else 0, "temperature": knn_temperature,
                            **classification_summary(q_labels, _cat(preds_weighted), num_classes, train_counts)}
     out["knn_majority"] = {"k": vote_k,
                            **classification_summary(q_labels, _cat(preds_majority), num_classes, train_counts)}
@@ -392,5 +410,5 @@ def p10_r4_macro(query_codes, query_binary, query_labels, database_codes, databa
 
 
 __all__ = ["METRICS", "RANKING", "pairwise_distances", "ranked_relevance", "per_query_metrics",
-           "knn_weighted_vote", "knn_majority_vote", "summarize", "classification_summary",
+           "knn_k_for", "knn_weighted_vote", "knn_majority_vote", "summarize", "classification_summary",
            "retrieval_metrics", "p10_r4_macro", "GROUPS"]

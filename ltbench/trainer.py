@@ -33,6 +33,7 @@ from ltbench.method import Method, RunAccess, TrainInfo
 from ltbench.metrics import HEADLINE, compute_metrics
 from ltbench.models import build_backbone
 from ltbench.schedules import stage_lr
+from ltbench.selection import Candidates, selection_score
 from ltbench.stages import Stage, stage_bounds, stream_specs
 
 
@@ -181,6 +182,8 @@ class Trainer:
 
         history: list[dict] = []
         best = (-math.inf, -1, None, None, None)  # score, epoch, model state, method state, val output
+        candidates = Candidates(cfg.select_metric)  # every rule's choice and its test pass, for the report only
+        test_probs = lambda: self.evaluate(method, model, data, data.test)["probs"]  # noqa: E731
         # Resumption (ltbench/checkpoint.py): everything above ran as in the first attempt (same RNG
         # draws); now the saved state replaces what the epochs so far produced.
         resume = checkpoint.load() if checkpoint is not None else None
@@ -190,6 +193,7 @@ class Trainer:
             method.load_state_dict(resume["method"])
             history = unplain(resume["history"])
             best = tuple(unplain(resume["best"]))
+            candidates.load(unplain(resume.get("candidates")))
             first_epoch, elapsed = resume["epoch"] + 1, resume["wall_time_s"]
         bar = tqdm(total=cfg.epochs * info.steps_per_epoch, initial=first_epoch * info.steps_per_epoch,
                    desc=self.desc or method.name, unit="step",
@@ -271,19 +275,22 @@ class Trainer:
                 if len(stages) > 1:  # single-stage histories keep their exact former shape
                     record["stage"] = stage.name or k
                 history.append(record)
-                score = val["metrics"][cfg.select_metric]
+                score = selection_score(val["metrics"], cfg.select_metric, epoch)
                 if stage.selectable and (score > best[0] or best[2] is None):  # ties keep the earlier epoch
                     best = (score, epoch, _state_copy(model), _state_copy(method), val)
-                bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val['metrics'][cfg.select_metric]:.1f}",
+                candidates.offer(epoch, val["metrics"], stage.selectable, test_probs)
+                bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{score:.1f}",
                                 best=f"{best[0]:.1f}@{best[1]}")
                 if checkpoint is not None:  # after the epoch's last state change: the unit of resumption
                     checkpoint.save({
                         "epoch": epoch, "stage": k, "model": _state_copy(model), "method": _state_copy(method),
                         "optimizer": optimizer.state_dict(), "streams": [s.generator.get_state() for s in streams],
                         "rng": rng_state(), "history": plain(history), "best": plain(list(best)),
+                        "candidates": plain(candidates.state()),
                         "wall_time_s": elapsed + time.perf_counter() - run_start})
                 hook("epoch")
         bar.close()
+        candidates.finish(test_probs)  # the model is still the last epoch's
         for param, flag in zip(model.parameters(), requires_grad):
             param.requires_grad_(flag)
 
@@ -293,7 +300,7 @@ class Trainer:
         self.model = model  # the tested model, for passes after the test (retrieval)
         test = self.evaluate(method, model, data, data.test, train_counts=info.class_counts)
         arrays = {"val_labels": best_val["labels"], "val_probs": best_val["probs"],
-                  "test_labels": test["labels"], "test_probs": test["probs"]}
+                  "test_labels": test["labels"], "test_probs": test["probs"], **candidates.arrays()}
         return RunOutput(history=history, best_epoch=best_epoch, val=best_val["metrics"], test=test["metrics"],
                          arrays=arrays, wall_time_s=elapsed + time.perf_counter() - run_start)
 

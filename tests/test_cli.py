@@ -374,7 +374,7 @@ def test_train_runs_the_protocol_of_its_dataset(tmp_path, cli, fake_imagenet_wei
     settings = [line for line in proc.stdout.splitlines() if "settings:" in line]
     assert len(settings) == 1, proc.stdout
     for fact in ("backbone=resnet50", "pretrained=imagenet", "image_size=224", "epochs=100", "batch_size=64",
-                 "lr=0.002", "momentum=0.9", "weight_decay=0.0001", "select_metric=acc", "isic2019 protocol"):
+                 "lr=0.002", "momentum=0.9", "weight_decay=0.0001", "select_metric=sen", "isic2019 protocol"):
         assert fact in settings[0], settings[0]
     assert_one_line_error(proc, "--pretrained imagenet: not resnet50 weights")
     # "grouped" without lesion ids is named for what it is, with a warning, and the leak is unknown

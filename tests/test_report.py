@@ -106,7 +106,7 @@ def md_rows(text: str) -> dict[str, list[str]]:
     for line in text.splitlines():
         if line.startswith("|") and not line.startswith("|--") and "Method" not in line:
             cells = [c.strip() for c in line.strip("|").split("|")]
-            rows[cells[0]] = cells[1:]
+            rows[cells[0].removesuffix(" ⚠")] = cells[1:]  # ⚠: a flagged row (report_evidence.run_flags)
     return rows
 
 
@@ -117,7 +117,7 @@ def test_summary_md(results, tmp_path):
     for fact in ("digits-lt", "grouped", "abc123", "small-cnn", "32", "30", "0, 1, 2"):
         assert fact in first
     # every setting that changes results is named in the header
-    for fact in ("pretrained: none", "batch: 64", "lr: ?", "best checkpoint by val acc"):
+    for fact in ("pretrained: none", "batch: 64", "lr: ?", "checkpoint: best validation Acc (select_metric acc), every row"):
         assert fact in first, first
     header = next(line for line in text.splitlines() if "Method" in line)
     assert [c.strip() for c in header.strip("|").split("|")] == \

@@ -55,8 +55,13 @@ def test_outputs_tables_and_figures(run_dir):
     for name in figures:
         assert outputs[name].startswith(PNG) and len(outputs[name]) > 5000, name
     text = outputs["retrieval.md"]
-    for heading in ("mAP@all", "mAP@10", "P@10", "MRR@10", "kNN-200 bal. acc", "16-NN bal. acc", "p10_r4_macro"):
+    # the weighted vote's k follows the smallest class of the database (ltbench.retrieval.knn_k_for)
+    counts = results[0]["dataset"]["class_counts"]["train"]
+    k = min(200, max(1, int(0.15 * min(counts))))
+    assert {s["knn_weighted"]["k"] for r in results for s in (r.get("retrieval") or {}).get("spaces", {}).values()} == {k}
+    for heading in ("mAP@all", "mAP@10", "P@10", "MRR@10", f"kNN-{k} bal. acc", "16-NN bal. acc", "p10_r4_macro"):
         assert f" {heading} " in text
+    assert f"n_min = {min(counts)}, k = {k}" in text
     assert "focal seed 0" in text and "--force" in text  # the run without retrieval results is named
     table = pd.read_csv(__import__("io").StringIO(outputs["retrieval.csv"]))
     assert len(table) == 4 and "focal" not in set(table["method"])

@@ -57,7 +57,7 @@ def naive_rr(rel, k):
     return 0.0
 
 
-def naive_all(queries, q_labels, db, d_labels, metric, num_classes, q_groups=None, d_groups=None):
+def naive_all(queries, q_labels, db, d_labels, metric, num_classes, q_groups=None, d_groups=None, knn_k=200):
     per = {"map_all": [], "map_10": [], "p_10": [], "mrr_10": []}
     prec_curves, rec_curves, weighted, majority = [], [], [], []
     for qi, q in enumerate(queries):
@@ -73,9 +73,9 @@ def naive_all(queries, q_labels, db, d_labels, metric, num_classes, q_groups=Non
         total = sum(rel)
         prec_curves.append([sum(rel[:r]) / r for r in range(1, len(rel) + 1)])
         rec_curves.append([sum(rel[:r]) / total if total else 0.0 for r in range(1, len(rel) + 1)])
-        # weighted kNN, k = 200, tau = 0.1
+        # weighted kNN, tau = 0.1
         scores = [0.0] * num_classes
-        for j, dist in ranking[:200]:
+        for j, dist in ranking[:knn_k]:
             sim = 1.0 - dist if metric == "cosine" else 1.0 - 2.0 * dist / len(q)
             scores[d_labels[j]] += math.exp(sim / 0.1)
         weighted.append(max(range(num_classes), key=lambda c: (scores[c], -c)))
@@ -127,8 +127,13 @@ def test_every_metric_matches_the_naive_loops(metric):
     q_labels = rng.integers(0, num_classes, size=30)
     q_labels[0] = 3  # a query with no relevant item
     out = retrieval_metrics(queries, q_labels, db, d_labels, num_classes, metric=metric, chunk_size=7)
-    per, prec, rec, weighted, majority = naive_all(queries, q_labels, db, d_labels, metric, num_classes)
     counts = np.bincount(d_labels, minlength=num_classes)
+    knn_k = min(200, max(1, math.floor(0.15 * min(n for n in counts if n))))  # the smallest present class
+    assert out["knn_weighted"]["k"] == knn_k and out["knn_weighted"]["smallest_class"] == min(n for n in counts if n)
+    per, prec, rec, weighted, majority = naive_all(queries, q_labels, db, d_labels, metric, num_classes, knn_k=knn_k)
+    fixed = retrieval_metrics(queries, q_labels, db, d_labels, num_classes, metric=metric, knn_k=200)
+    *_, weighted_200, _ = naive_all(queries, q_labels, db, d_labels, metric, num_classes, knn_k=200)
+    assert fixed["knn_weighted"]["acc"] == pytest.approx(100 * np.mean(weighted_200 == q_labels))
     for name, values in per.items():
         macro, micro, per_class = macro_micro(values, q_labels, num_classes)
         assert out[name]["macro"] == pytest.approx(macro), name
@@ -272,3 +277,27 @@ def test_excluded_neighbours_do_not_vote_when_the_ranking_is_short():
                             query_groups=["a"], database_groups=["a", "b"])
     assert out["knn_majority"]["acc"] == 0.0 and out["knn_weighted"]["acc"] == 0.0
     assert out["map_all"]["micro"] == 0.0 and out["same_lesion_excluded"] == 1
+
+
+def test_the_weighted_vote_k_follows_the_smallest_class_of_the_database():
+    from ltbench.retrieval import knn_k_for
+
+    assert knn_k_for([5000] * 10) == 200  # CIFAR-size classes: InstDisc's 200
+    assert knn_k_for([1300, 1300]) == 195  # 15 % of an ImageNet class
+    assert knn_k_for([540, 100, 20, 0]) == 3  # the absent class is left out
+    assert knn_k_for([540, 3]) == 1 and knn_k_for([]) == 1
+
+
+def test_a_small_long_tailed_database_no_longer_votes_for_the_head():
+    """Three well-separated clusters of 60 / 12 / 8 images: 200 neighbours outvote every tail query."""
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, dtype=np.float32) * 4
+    d_labels = np.repeat([0, 1, 2], [60, 12, 8])
+    db = centres[d_labels] + rng.normal(scale=1.0, size=(80, 3)).astype(np.float32)
+    q_labels = np.repeat([0, 1, 2], 10)
+    queries = centres[q_labels] + rng.normal(scale=1.0, size=(30, 3)).astype(np.float32)
+    fixed = retrieval_metrics(queries, q_labels, db, d_labels, 3, knn_k=200, knn_temperature=1.0)
+    adaptive = retrieval_metrics(queries, q_labels, db, d_labels, 3, knn_temperature=1.0)
+    assert adaptive["knn_weighted"]["k"] == 1
+    assert fixed["knn_weighted"]["per_class"]["recall"][2] == 0.0  # all 80 images vote: the head wins
+    assert adaptive["knn_weighted"]["balanced_acc"] > fixed["knn_weighted"]["balanced_acc"] + 30

@@ -20,12 +20,20 @@ def cli() -> None:
 
 
 @cli.command("methods")
-def methods_cmd() -> None:
-    """List the registered methods and their default hyperparameters."""
+@click.option("--recipes", "show_recipes", is_flag=True,
+              help="Show each method's paper recipes (a benchmark row's `recipe: NAME`) instead of its parameters.")
+def methods_cmd(show_recipes: bool) -> None:
+    """List the registered methods and their default hyperparameters (--recipes: their paper recipes)."""
     from ltbench.registry import get_method_class, list_methods
 
     for name in list_methods():
         cls = get_method_class(name)
+        if show_recipes:  # one line per recipe (ltbench/recipes.py, docs/protocol.md "Paper recipes")
+            for label, recipe in cls.recipes.items():
+                click.echo(f"{name:14s} {label}: {recipe.describe()}")
+            if not cls.recipes:
+                click.echo(f"{name:14s} no recipe beyond the shared protocol")
+            continue
         params = ", ".join(f"{k}={v!r}" for k, v in cls().get_params().items())
         click.echo(f"{name:14s} {params}")
 

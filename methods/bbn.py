@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from ltbench.method import Batch, Method, StepResult, TrainInfo
 from ltbench.models import Backbone
+from ltbench.recipes import Recipe
 from ltbench.registry import register_method
 from ltbench.schedules import bbn_alpha, bbn_div_epoch
 
@@ -126,6 +127,19 @@ class BBN(Method):
 
     #: One stream per branch: uniform for the conventional, reversed for the re-balancing branch.
     samplers = ("instance", "reversed")
+
+    # Megvii-Nanjing/BBN configs/cifar10.yaml (cifar100.yaml has the same TRAIN block). Its
+    # WarmupMultiStepLR (factor 1/3 over 5 epochs), stepped at the start of each 1-indexed epoch e, gives
+    # (1 − e/5)/3 + e/5 for e ≤ 4, then ×0.01 from e = 120 and again from 160: in 0-indexed epochs a
+    # 4-epoch warm-up from 7/15 and milestones 119/159 give exactly these rates. div_epoch: E = 200.
+    recipes = {"paper": Recipe(
+        source="Megvii-Nanjing/BBN configs/cifar10.yaml, lib/utils/utils.py, lib/utils/lr_scheduler.py, "
+               "main/train.py @ 7992e90 (Zhou et al., CVPR 2020)",
+        train={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 128,
+               "epochs": 200, "lr_schedule": "step", "lr_milestones": (119, 159), "lr_gamma": 0.01,
+               "warmup_epochs": 4, "warmup_start_factor": 7 / 15},
+        note="Nesterov momentum in the code (plain momentum here); CIFAR-10/100-LT: ResNet-32 at 32 px, random crop "
+             "+ flip; backbone, size and views stay the benchmark's")}
 
     def __init__(self, div_epoch: int | None = None, branch_blocks: int | None = 1,
                  mix_scale: float = 2.0) -> None:

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from ltbench.method import Batch, Method, StepResult, TrainInfo
 from ltbench.models import Backbone, NormedLinear, ProjectionHead
+from ltbench.recipes import Recipe
 from ltbench.registry import register_method
 
 
@@ -170,6 +171,19 @@ class BCL(Method):
 
     views = ("randaugment", "contrastive", "contrastive")
     samplers = ("instance",)
+
+    # The README's ImageNet-LT command (ResNet-50 at 224 px, the pipeline the ISIC protocol matches):
+    # SGD lr 0.1, wd 5e-4, cosine, 90 epochs; main.py defaults: batch 256, momentum 0.9, no warm-up,
+    # α 1, β 0.35, T 0.07, --feat_dim 1024 (the contrastive embedding: ``dim``).
+    recipes = {"paper": Recipe(
+        source="FlamieZhu/Balanced-Contrastive-Learning README (ImageNet-LT) + main.py @ f72d070 "
+               "(Zhu et al., CVPR 2022)",
+        train={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256,
+               "epochs": 90, "lr_schedule": "cosine"},
+        params={"alpha": 1.0, "beta": 0.35, "temperature": 0.07, "dim": 1024},
+        note="the code's cosine runs one epoch ahead (epoch e at cos(π(e+1)/(E+1))); its head is Linear(d,d)→BN→"
+             "ReLU→Linear(d,1024), here Linear(d,1024)→BN→ReLU→Linear(1024,1024); sim-sim views as this suite's "
+             "contrastive preset; 4 GPUs; the paper's CIFAR values (α 2, β 0.6, T 0.1) have no released script")}
 
     def __init__(
         self,

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ltbench.method import LossMethod, TrainInfo
+from ltbench.recipes import Recipe
 from ltbench.registry import register_method
 
 LOSS_TYPES = ("focal", "sigmoid", "softmax")
@@ -133,6 +134,16 @@ def cb_loss(logits: Tensor, labels: Tensor, weights: Tensor, loss_type: str = "f
 @register_method("cb_loss")
 class ClassBalancedLoss(LossMethod):
     """Class-balanced focal / sigmoid / softmax loss on a backbone + linear head (module docstring)."""
+
+    # Where this loss enters the suite: FlexSampling's ISIC 2019 baseline script, row "CB_Focal" (the
+    # v0.2 softmax CB-focal, γ 1, β 0.9999): SGD lr 0.01, momentum 0.9, wd 1e-4, batch 32, 50 epochs, cosine.
+    recipes = {"paper": Recipe(
+        source="PyJulie/FlexSampling examples/run_baselines.py @ c74aa95, row CB_Focal (loss: Cui et al., CVPR 2019)",
+        train={"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 32,
+               "epochs": 50, "lr_schedule": "cosine"},
+        params={"form": "v0.2", "loss_type": "focal", "gamma": 1.0, "beta": 0.9999},
+        note="ISIC 2019 8-class r = 100 split, timm ResNet-50 (ImageNet) at 224 px; the script's cosine is stepped "
+             "per batch (here per epoch); it selects on validation balanced accuracy")}
 
     def __init__(self, loss_type: str = "focal", form: str = "2023", beta: float = 0.9999, gamma: float = 2.0,
                  sampler: str = "instance", mixup_alpha: float = 0.0) -> None:

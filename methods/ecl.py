@@ -84,6 +84,7 @@ from torch import Tensor, nn
 
 from ltbench.method import Batch, Method, StepResult, TrainInfo
 from ltbench.models import Backbone, ProjectionHead
+from ltbench.recipes import Recipe
 from ltbench.registry import register_method
 from ltbench.schedules import bwce_curriculum, cosine_lr, scale_epoch
 
@@ -206,6 +207,15 @@ class ECLNetwork(nn.Module):
 class ECL(Method):
     """ECL (Zhang et al., MICCAI 2023). See the module docstring for the comparison with
     zylbuaa/ECL. The proxies and their optimiser belong to the method, not to the model."""
+
+    # ECL's own protocol (paper Table 1, train.py's defaults), which the shared protocol already is:
+    # written out so that ``recipe: paper`` keeps it wherever the protocol moves.
+    recipes = {"paper": Recipe(
+        source="zylbuaa/ECL train.py @ 3fb6668 (Zhang et al., MICCAI 2023, Table 1)",
+        train={"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 64,
+               "epochs": 100, "lr_schedule": "cosine"},
+        note="the code steps CosineAnnealingLR before each epoch (epoch e at lr_{e+1}; here at lr_e), feeds the "
+             "pretrained ResNet unnormalised inputs and tests the last epoch (module docstring)")}
 
     #: The classifier view (its features also give the first embedding) and one contrastive view.
     views = ("standard", "contrastive")

@@ -71,6 +71,7 @@ from ltbench.losses import supcon_loss
 from ltbench.methods.cb_loss import cb_loss_v02, class_balanced_weights  # noqa: F401  (re-exported)
 from ltbench.method import Batch, Method, RunAccess, StepResult, TrainInfo
 from ltbench.models import Backbone
+from ltbench.recipes import Recipe
 from ltbench.registry import register_method
 from ltbench.schedules import scale_epoch
 from ltbench.stages import Stage, stage_bounds
@@ -388,6 +389,18 @@ class FlexSampling(Method):
 
     views = ("standard",)
     samplers = ("instance",)
+
+    # The 17745eb pipeline (FlexSamplingTrainer; isic_8class.yaml's flexsampling block): torch Adam at
+    # lr 3e-4 with its defaults (betas (0.9, 0.999), no weight decay), constant lr, batch 64, 100 epochs.
+    # The method's defaults are already 17745eb's (s 0.1, warm-up 30, patience 10, q 0.1, 10 MC passes,
+    # a fresh Adam at each query).
+    recipes = {"paper": Recipe(
+        source="PyJulie/FlexSampling flexsampling/core/pipeline.py, examples/train.py, "
+               "examples/configs/isic_8class.yaml @ 17745eb (Ju et al., MICCAI 2022)",
+        train={"optimizer": "adam", "lr": 3e-4, "betas": (0.9, 0.999), "weight_decay": 0.0, "batch_size": 64,
+               "epochs": 100, "lr_schedule": "constant"},
+        note="ISIC 2019 8-class r = 100 split, timm ResNet-50 (ImageNet) at 224 px; the code tests the last epoch; "
+             "only the paper's abstract could be read, so these are the repository's settings (docs/flexsampling.md)")}
 
     def __init__(
         self,

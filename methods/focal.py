@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ltbench import LossMethod, TrainInfo, register_method
 from ltbench.losses import check_label_smoothing
+from ltbench.recipes import Recipe
 
 
 def focal_loss(logits: Tensor, labels: Tensor, gamma: float, weight: Tensor | None = None,
@@ -34,6 +35,18 @@ def focal_loss(logits: Tensor, labels: Tensor, gamma: float, weight: Tensor | No
 @register_method("focal")
 class Focal(LossMethod):
     """Softmax focal loss; ``class_weights`` (optional, one per class) enter inside the CE term."""
+
+    # The focal baseline of kaidic/LDAM-DRW's CIFAR script (FocalLoss(gamma=1)), with the schedule of
+    # its CE run (methods/ce.py: a 4-epoch warm-up from 0.2 and γ = 0.01 at 160/180 give its rates).
+    recipes = {"paper": Recipe(
+        source="kaidic/LDAM-DRW cifar_train.py @ 2536330, --loss_type Focal --train_rule None "
+               "(Cao et al., NeurIPS 2019)",
+        train={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 128,
+               "epochs": 200, "lr_schedule": "step", "lr_milestones": (160, 180), "lr_gamma": 0.01,
+               "warmup_epochs": 4, "warmup_start_factor": 0.2},
+        params={"gamma": 1.0},
+        note="γ = 1 as that script (Lin et al. and this suite's default: 2); CIFAR-10/100-LT: ResNet-32 at 32 px, "
+             "random crop + flip; backbone, size and views stay the benchmark's")}
 
     def __init__(self, gamma: float = 2.0, class_weights: Sequence[float] | None = None,
                  label_smoothing: float = 0.0, sampler: str = "instance", mixup_alpha: float = 0.0) -> None:

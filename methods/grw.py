@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ltbench.losses import check_label_smoothing
 from ltbench.method import LossMethod, TrainInfo
+from ltbench.recipes import Recipe
 from ltbench.registry import register_method
 
 REFERENCES = ("max", "sum")
@@ -64,6 +65,17 @@ def grw_loss(logits: Tensor, labels: Tensor, weights: Tensor, label_smoothing: f
 @register_method("grw")
 class GRW(LossMethod):
     """Generalized re-weighting cross-entropy on a backbone + linear head (module docstring)."""
+
+    # Where this loss enters the suite: FlexSampling's ISIC 2019 baseline script, row "GRW" (exp_scale
+    # 1.2, the v0.2 GRWLoss): SGD lr 0.01, momentum 0.9, wd 1e-4, batch 32, 50 epochs, cosine.
+    recipes = {"paper": Recipe(
+        source="PyJulie/FlexSampling examples/run_baselines.py @ c74aa95, row GRW "
+               "(loss: DisAlign's re-weighting, Zhang et al., CVPR 2021)",
+        train={"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 32,
+               "epochs": 50, "lr_schedule": "cosine"},
+        params={"exp_scale": 1.2, "reference": "max"},
+        note="ISIC 2019 8-class r = 100 split, timm ResNet-50 (ImageNet) at 224 px; the script's cosine is stepped "
+             "per batch (here per epoch); it selects on validation balanced accuracy")}
 
     def __init__(self, exp_scale: float = 1.2, reference: str = "max", label_smoothing: float = 0.0,
                  sampler: str = "instance", mixup_alpha: float = 0.0) -> None:

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from ltbench.method import LossMethod, TrainInfo
 from ltbench.models import Backbone, Classifier, NormedLinear
+from ltbench.recipes import Recipe
 from ltbench.registry import register_method
 from ltbench.schedules import drw_switch_epoch
 
@@ -85,6 +86,17 @@ def ldam_loss(
 @register_method("ldam_drw")
 class LDAMDRW(LossMethod):
     """LDAM with deferred re-weighting on a cosine classifier (see the module docstring)."""
+
+    # kaidic/LDAM-DRW's CIFAR script, README command: the schedule of methods/ce.py (a 4-epoch warm-up
+    # from 0.2 and γ = 0.01 at 160/180 give its per-epoch rates); the method's defaults are the script's
+    # (max_m 0.5, s 30, β 0.9999, DRW from 0-indexed epoch 160 = floor(0.8 · 200)).
+    recipes = {"paper": Recipe(
+        source="kaidic/LDAM-DRW cifar_train.py @ 2536330, --loss_type LDAM --train_rule DRW "
+               "(Cao et al., NeurIPS 2019)",
+        train={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 128,
+               "epochs": 200, "lr_schedule": "step", "lr_milestones": (160, 180), "lr_gamma": 0.01,
+               "warmup_epochs": 4, "warmup_start_factor": 0.2},
+        note="CIFAR-10/100-LT: ResNet-32 at 32 px, random crop + flip; backbone, size and views stay the benchmark's")}
 
     def __init__(
         self,

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ltbench.method import LossMethod, TrainInfo
+from ltbench.recipes import Recipe
 from ltbench.registry import register_method
 
 MODES = ("loss", "posthoc")
@@ -70,6 +71,20 @@ def posthoc_adjusted_logits(logits: Tensor, base_probs: Tensor | Sequence[float]
 @register_method("logit_adjust")
 class LogitAdjustment(LossMethod):
     """Logit adjustment by τ · log prior, in the loss (``mode="loss"``) or post hoc (``"posthoc"``)."""
+
+    # google-research's logit_adjustment code, CIFAR-10-LT (utils.dataset_mappings): SGD lr 0.1, momentum
+    # 0.9, batch 128, 1241 epochs, lr ×0.1 / 0.01 / 0.001 from epochs 604 / 926 / 1128 after a per-step
+    # linear warm-up from 0 over 20 epochs; Keras L2 1e-4 adds λ‖w‖² (gradient 2λw): weight decay 2e-4.
+    # Per epoch, warm-up 19 from 0.05 trains epoch e < 19 at (e+1)/20 of the lr, the ramp at its end.
+    recipes = {"paper": Recipe(
+        source="google-research/google-research logit_adjustment/main.py, utils.py @ 1d4d2f1, models.py @ 5b09c22 "
+               "(Menon et al., ICLR 2021)",
+        train={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 128,
+               "epochs": 1241, "lr_schedule": "step", "lr_milestones": (604, 926, 1128), "lr_gamma": 0.1,
+               "warmup_epochs": 19, "warmup_start_factor": 0.05},
+        note="Nesterov momentum in the code (plain momentum here); its L2 covers conv/dense weights, not BatchNorm; "
+             "CIFAR-100-LT has its own schedule (1419 epochs, steps 691/1059/1290, warm-up 22); ResNet-32 at 32 px, "
+             "crop + flip; mode and τ are the code's defaults (posthoc, 1)")}
 
     def __init__(self, mode: str = "posthoc", tau: float = 1.0, sampler: str = "instance",
                  mixup_alpha: float = 0.0) -> None:

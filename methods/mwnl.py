@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ltbench.method import LossMethod, TrainInfo
+from ltbench.recipes import Recipe
 from ltbench.registry import register_method
 from ltbench.schedules import mwnl_power, mwnl_stage_epochs
 
@@ -113,6 +114,19 @@ def mwnl_loss(
 @register_method("mwnl")
 class MWNL(LossMethod):
     """Multi-weighted new loss on a backbone + linear head (see the module docstring)."""
+
+    # The ISIC 2019 config of yaopengUSTC/mbit-skin-cancer. get_optimizer multiplies BASE_LR 2e-4 and
+    # train.py the batch (32 per GPU) by len(GPUS) = 2; MultiStepLR, stepped at the start of each
+    # 1-indexed epoch, decays from epochs 30/40/50/60, i.e. 0-indexed 29/39/49/59. The method's
+    # defaults are already this config's (β 0.1, "fix", "enlarge", γ 2, power 1.2, epochs 20/60 of 70).
+    recipes = {"paper": Recipe(
+        source="yaopengUSTC/mbit-skin-cancer configs/isic_2019.yaml, lib/utils/utils.py, main/train.py @ a82a87b "
+               "(Yao et al., IEEE TMI 2021)",
+        train={"optimizer": "adam", "lr": 4e-4, "betas": (0.9, 0.999), "weight_decay": 1e-4, "batch_size": 64,
+               "epochs": 70, "lr_schedule": "step", "lr_milestones": (29, 39, 49, 59), "lr_gamma": 0.1},
+        note="left out: RegNetY-8.0GF with DropBlock, the 'v1_1' RandAugment-style views (p 0.7, magnitude 10, "
+             "2 ops) after resizing the short side to 450, 16-crop test; the ISIC 2018 config has BASE_LR 5e-4 "
+             "and batch 64 per GPU")}
 
     def __init__(
         self,

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from ltbench.errors import LtbenchError
 from ltbench.method import Batch, Method, StepResult, TrainInfo
 from ltbench.models import Backbone, add_spatial_attention
+from ltbench.recipes import Recipe
 from ltbench.registry import register_method
 
 
@@ -113,6 +114,18 @@ class HashNetwork(nn.Module):
 @register_method("rotation_hashing")
 class RotationHashing(Method):
     """Rotation-invariance deep hashing (Zhang et al., MedIA 2022). See the module docstring."""
+
+    # train.py of the official code: SGD lr 0.01, momentum 0.9, wd 5e-4, batch 64, 120 epochs, lr ×0.1 at the
+    # start of 0-indexed epochs 40/60/80/100, and no augmentation: ToTensor + Normalize(0.5, 0.5) for training
+    # and test alike — the plain_half preset as the training view and the eval view.
+    recipes = {"paper": Recipe(
+        source="zylbuaa/dermoscopic_img_retrieval train.py @ c296fde (Zhang et al., MedIA 2022)",
+        train={"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 64,
+               "epochs": 120, "lr_schedule": "step", "lr_milestones": (40, 60, 80, 100), "lr_gamma": 0.1,
+               "eval_view": "plain_half"},
+        params={"view": "plain_half"},
+        note="HDCSA ResNet-18 from scratch on images pre-resized to 224 px (backbone and size stay the benchmark's); "
+             "the code selects its checkpoint on the test set (here: validation)")}
 
     views = ("standard",)
 

@@ -64,6 +64,7 @@ from torch import Tensor, nn
 from ltbench.losses import supcon_loss
 from ltbench.method import Batch, Method, StepResult, TrainInfo
 from ltbench.models import Backbone, ProjectionHead
+from ltbench.recipes import Recipe
 from ltbench.registry import register_method
 from ltbench.stages import Probe, Stage, stage_bounds, stage_index
 
@@ -194,6 +195,24 @@ class TwoStageContrastive(Method):
 @register_method("scl")
 class SCL(TwoStageContrastive):
     """SCL (Khosla et al., NeurIPS 2020; HobbitLong/SupContrast). See the module docstring."""
+
+    # SupContrast's README commands. Pre-training: batch 1024, lr 0.5, --temp 0.1 (SupConLoss keeps
+    # base_temperature 0.07), --cosine, and main_supcon.py's defaults: 1000 epochs, wd 1e-4, momentum 0.9,
+    # for batches > 256 a 10-epoch warm-up from lr 0.01 (0.02 × 0.5). Linear stage (main_linear.py): batch
+    # 512, lr 5, 100 epochs, lr × 0.2 (its lr_decay_rate; the step schedule reads lr_gamma) at 60/75/90, wd 0.
+    recipes = {"paper": Recipe(
+        source="HobbitLong/SupContrast README + main_supcon.py, main_linear.py, util.py @ 66a8fe5 "
+               "(Khosla et al., NeurIPS 2020)",
+        train={"optimizer": "sgd", "lr": 0.5, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 1024,
+               "epochs": 1000, "lr_schedule": "cosine", "warmup_epochs": 10, "warmup_start_factor": 0.02,
+               "lr_gamma": 0.2},
+        params={"temperature": 0.1, "base_temperature": 0.07, "probe": "sgd", "probe_epochs": 100,
+                "classifier_lr": 5.0, "classifier_weight_decay": 0.0, "probe_milestones": (60, 75, 90),
+                "probe_sampler": "instance"},
+        note="one batch size and warm-up for both stages: the linear stage runs at 1024 and warms up too "
+             "(main_linear.py: 512, none); per-batch warm-up and cosine to lr·1e-3 in the code; class-balanced "
+             "pre-training batches (the skin-lesion version; SupContrast samples instances); head "
+             "Linear(d,d)→ReLU→Linear(d,128) in the code; CIFAR at 32 px with its crop/jitter/grayscale views")}
 
     representation_sampler = "class_balanced"
 

@@ -32,12 +32,30 @@ from torch import Tensor
 from ltbench.losses import supcon_loss
 from ltbench.methods.focal import focal_loss
 from ltbench.methods.scl import TwoStageContrastive
+from ltbench.recipes import Recipe
 from ltbench.registry import register_method
 
 
 @register_method("simclr")
 class SimCLR(TwoStageContrastive):
     """SimCLR + focal linear probe. See the module docstring."""
+
+    # SupContrast's README SimCLR commands (SGD; SimCLR's own LARS at batch 4096 is not in the suite):
+    # pre-training batch 1024, lr 0.5, --temp 0.5, --cosine, and main_supcon.py's defaults (1000 epochs,
+    # wd 1e-4, momentum 0.9, 10-epoch warm-up from lr 0.01 for batches > 256); linear stage
+    # (main_linear.py): batch 512, lr 1, 100 epochs, lr × 0.2 (lr_gamma) at 60/75/90, wd 0.
+    recipes = {"paper": Recipe(
+        source="HobbitLong/SupContrast README (SimCLR) + main_supcon.py, main_linear.py, util.py @ 66a8fe5 "
+               "(Chen et al., ICML 2020)",
+        train={"optimizer": "sgd", "lr": 0.5, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 1024,
+               "epochs": 1000, "lr_schedule": "cosine", "warmup_epochs": 10, "warmup_start_factor": 0.02,
+               "lr_gamma": 0.2},
+        params={"temperature": 0.5, "probe": "sgd", "probe_epochs": 100, "classifier_lr": 1.0,
+                "classifier_weight_decay": 0.0, "probe_milestones": (60, 75, 90), "probe_sampler": "instance"},
+        note="SupConLoss(temperature=0.5) keeps base_temperature 0.07, a ×7.14 loss factor this method has no "
+             "parameter for; the probe stays focal (γ 2, this row's ISIC workflow; SupContrast's is CE: gamma=0); "
+             "one batch size and warm-up for both stages (main_linear.py: 512, none); per-batch warm-up and cosine "
+             "to lr·1e-3 in the code; CIFAR at 32 px with its crop/jitter/grayscale views")}
 
     representation_sampler = "instance"
 

@@ -70,6 +70,7 @@ from torch import Tensor, nn
 from ltbench.losses import supcon_loss
 from ltbench.method import Batch, StepResult, TrainInfo
 from ltbench.models import Backbone
+from ltbench.recipes import Recipe
 from ltbench.registry import register_method
 from ltbench.methods.scl import SupConNetwork, TwoStageContrastive
 
@@ -162,6 +163,27 @@ class MomentumSupConNetwork(SupConNetwork):
 @register_method("tsc")
 class TSC(TwoStageContrastive):
     """TSC (Li et al., CVPR 2022; LTH14/targeted-supcon). See the module docstring."""
+
+    # The README's ImageNet-LT commands, the repository's only command lines (settings as the paper's
+    # supplementary Appendix A): MoCo-based pre-training (variant "moco") at lr 0.1, batch 256, cosine,
+    # 400 epochs, --tr 1 --tw 0.2, and main_moco_supcon_imba.py's defaults (wd 1e-4, momentum 0.9, queue
+    # 65536, m 0.999, T 0.07); then main_lincls_imba.py: 40 epochs of class-aware batches, lr 10 (its
+    # default), ×0.1 at 20 and 30, wd 0.
+    recipes = {"paper": Recipe(
+        source="LTH14/targeted-supcon README + main_moco_supcon_imba.py, main_lincls_imba.py @ c4f15eb; "
+               "supp. Appendix A (Li et al., CVPR 2022)",
+        train={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 256,
+               "epochs": 400, "lr_schedule": "cosine", "lr_gamma": 0.1},
+        params={"variant": "moco", "temperature": 0.07, "target_repeat": 1, "target_weight": 0.2,
+                "queue_size": 65536, "key_momentum": 0.999, "probe": "sgd", "probe_epochs": 40,
+                "classifier_lr": 10.0, "classifier_weight_decay": 0.0, "probe_milestones": (20, 30),
+                "probe_sampler": "class_aware"},
+        note="the code trains KCL (no targets) for the first 200 epochs, each half with its own cosine; KCL keeps "
+             "K = 6 sampled queue positives (here all); linear stage at batch 2048 with 4 images per class visit "
+             "in the code (one batch size here, class_aware draws 1); no shuffle-BN, shared head instead of MoCo "
+             "v2's; the CIFAR recipe (SupCon-based, 1000 epochs, batch 1024, lr 0.5, cosine) trains its classifier "
+             "with LDAM loss and re-weighting (200 epochs, batch 128, lr 0.1, ×0.1 at 140/180/190), which this "
+             "classifier stage does not have")}
 
     representation_sampler = "instance"
 

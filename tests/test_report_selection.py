@@ -273,3 +273,25 @@ def test_results_without_stored_test_passes_are_validation_only(trained, tmp_pat
     acc = next(r for r in rows if r[0] == "ldam_drw" and r[1] == "acc")
     assert acc[5] == "—" and acc[6] == "—" and acc[3] != "—"  # the epoch and validation from the history
     assert not math.isnan(float(acc[3].split()[0]))
+
+
+def test_the_retrieval_heat_map_and_group_columns_follow_the_report():
+    from ltbench.report_retrieval import per_class_fig, retrieval_summary
+
+    def space(per_class):
+        return {"metric": "cosine", "map_all": {"macro": float(np.mean(per_class)), "micro": 0.0,
+                                                "per_class": per_class, "groups": {"head": 1.0, "medium": 2.0,
+                                                                                   "tail": 3.0}},
+                "knn_weighted": {"k": 3, "smallest_class": 20, "balanced_acc": 50.0, "f1": 40.0, "acc": 60.0}}
+
+    results = [{"method": "ce", "seed": s, "dataset": {"name": "toy", "class_counts": {"train": TRAIN}},
+                "test": {"per_class": {"name": CLASSES}},
+                "retrieval": {"spaces": {"feature": space([10.0 + s, 80.0, 30.0])}}} for s in (0, 1)]
+    groups = {"head": [1], "medium": [0], "tail": [2]}  # nv head, mel medium, bcc tail
+    summary = retrieval_summary(results, groups=groups).iloc[0]
+    assert summary["head_map_mean"] == 80.0 and summary["medium_map_mean"] == 10.5 and summary["tail_map_mean"] == 30.0
+    assert retrieval_summary(results).iloc[0]["head_map_mean"] == 1.0  # without: the pass's stored terciles
+    fig = per_class_fig(results, retrieval_summary(results, groups=groups))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["nv (60)", "mel (25)", "bcc (8)"]
+    np.testing.assert_allclose(ax.images[0].get_array()[0], [80.0, 10.5, 30.0])  # values follow the labels

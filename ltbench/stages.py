@@ -105,6 +105,8 @@ class Stage:
     extra: bool = False  # its ``epochs`` come on top of the run's budget E
     lr_schedule: str | None = None  # None: the config's (cosine | step | constant)
     lr_milestones: tuple[int, ...] | None = None  # step schedule, epochs of the stage; None: the config's
+    lr_gamma: float | None = None  # step schedule's factor; None: the config's
+    warmup_epochs: int | None = None  # None: the config's warm-up (0: none in this stage)
     probe: Probe | None = None  # a closed-form linear fit instead of epochs (see the module docstring)
 
     def __post_init__(self) -> None:

@@ -20,8 +20,9 @@ Two stages (``ltbench.stages``; issue 20):
    * ``probe="sgd"``: ``main_linear.py``'s augmented linear evaluation as its code runs it:
      ``probe_epochs = 100`` epochs beyond E on ``standard`` views of ``probe_sampler`` batches, SGD
      at ``classifier_lr = 0.1`` (the script's default; its README uses 5 for SupCon), weight decay
-     ``classifier_weight_decay = 0``, momentum of the run, lr ×0.1 at ``probe_milestones =
-     (60, 75, 90)``.
+     ``classifier_weight_decay = 0``, momentum of the run, lr ×``probe_gamma = 0.2`` (its
+     ``--lr_decay_rate``) at ``probe_milestones = (60, 75, 90)``, no warm-up (the script warms up only
+     for batches above 256).
 
 ``joint=True`` is the one-stage variant: every epoch, SupCon on the two views plus CE of the
 classifier on the **detached** backbone features of view 0 (same class-balanced batches), the whole
@@ -109,7 +110,7 @@ class TwoStageContrastive(Method):
 
     def _init_stage_params(self, dim: int, joint: bool, probe: str, probe_l2: float, probe_tolerance: float,
                            probe_max_iter: int, probe_sampler: str, probe_epochs: int, classifier_lr: float | None,
-                           classifier_weight_decay: float | None, probe_milestones) -> None:
+                           classifier_weight_decay: float | None, probe_milestones, probe_gamma: float) -> None:
         cls = type(self).__name__
         if dim < 1:
             raise ValueError(f"{cls}: dim must be positive, got {dim}")
@@ -135,6 +136,9 @@ class TwoStageContrastive(Method):
         self.classifier_lr = classifier_lr
         self.classifier_weight_decay = classifier_weight_decay
         self.probe_milestones = milestones
+        if not (isinstance(probe_gamma, (int, float)) and 0 < probe_gamma <= 1):
+            raise ValueError(f"{cls}: probe_gamma must be in (0, 1], got {probe_gamma!r}")
+        self.probe_gamma = probe_gamma
         self._bounds: list[tuple[int, int]] = []
 
     def build_model(self, backbone: Backbone, info: TrainInfo) -> nn.Module:
@@ -160,7 +164,8 @@ class TwoStageContrastive(Method):
                 classifier = Stage(epochs=self.probe_epochs, extra=True,
                                    samplers=((self.probe_sampler, ("standard",)),), trains=("classifier",),
                                    lr=self.classifier_lr, weight_decay=self.classifier_weight_decay,
-                                   lr_schedule="step", lr_milestones=self.probe_milestones, name="classifier")
+                                   lr_schedule="step", lr_milestones=self.probe_milestones,
+                                   lr_gamma=self.probe_gamma, warmup_epochs=0, name="classifier")
             stages = [representation, classifier]
         self._bounds = stage_bounds(stages, info.epochs)
         return stages
@@ -199,18 +204,18 @@ class SCL(TwoStageContrastive):
     # SupContrast's README commands. Pre-training: batch 1024, lr 0.5, --temp 0.1 (SupConLoss keeps
     # base_temperature 0.07), --cosine, and main_supcon.py's defaults: 1000 epochs, wd 1e-4, momentum 0.9,
     # for batches > 256 a 10-epoch warm-up from lr 0.01 (0.02 × 0.5). Linear stage (main_linear.py): batch
-    # 512, lr 5, 100 epochs, lr × 0.2 (its lr_decay_rate; the step schedule reads lr_gamma) at 60/75/90, wd 0.
+    # 512, lr 5, 100 epochs, lr × 0.2 (its lr_decay_rate: probe_gamma) at 60/75/90, wd 0; the probe stage has
+    # no warm-up (main_linear.py would warm up 10 epochs at batch 512).
     recipes = {"paper": Recipe(
         source="HobbitLong/SupContrast README + main_supcon.py, main_linear.py, util.py @ 66a8fe5 "
                "(Khosla et al., NeurIPS 2020)",
         train={"optimizer": "sgd", "lr": 0.5, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 1024,
-               "epochs": 1000, "lr_schedule": "cosine", "warmup_epochs": 10, "warmup_start_factor": 0.02,
-               "lr_gamma": 0.2},
+               "epochs": 1000, "lr_schedule": "cosine", "warmup_epochs": 10, "warmup_start_factor": 0.02},
         params={"temperature": 0.1, "base_temperature": 0.07, "probe": "sgd", "probe_epochs": 100,
                 "classifier_lr": 5.0, "classifier_weight_decay": 0.0, "probe_milestones": (60, 75, 90),
                 "probe_sampler": "instance"},
-        note="one batch size and warm-up for both stages: the linear stage runs at 1024 and warms up too "
-             "(main_linear.py: 512, none); per-batch warm-up and cosine to lr·1e-3 in the code; class-balanced "
+        note="one batch size for both stages: the linear stage runs at 1024 (main_linear.py: 512, with a "
+             "10-epoch warm-up the probe stage does not have); per-batch warm-up and cosine to lr·1e-3 in the code; class-balanced "
              "pre-training batches (the skin-lesion version; SupContrast samples instances); head "
              "Linear(d,d)→ReLU→Linear(d,128) in the code; CIFAR at 32 px with its crop/jitter/grayscale views")}
 
@@ -231,7 +236,8 @@ class SCL(TwoStageContrastive):
         probe_epochs: int = 100,  # probe="sgd": main_linear.py's --epochs
         classifier_lr: float | None = 0.1,  # probe="sgd": main_linear.py's --learning_rate
         classifier_weight_decay: float | None = 0.0,
-        probe_milestones: tuple[int, ...] = (60, 75, 90),  # probe="sgd": --lr_decay_epochs, rate 0.1
+        probe_milestones: tuple[int, ...] = (60, 75, 90),  # probe="sgd": --lr_decay_epochs
+        probe_gamma: float = 0.2,  # probe="sgd": --lr_decay_rate
     ) -> None:
         super().__init__()
         if temperature <= 0 or (base_temperature is not None and base_temperature <= 0):
@@ -242,7 +248,7 @@ class SCL(TwoStageContrastive):
         self.base_temperature = base_temperature
         self.contrast_mode = contrast_mode
         self._init_stage_params(dim, joint, probe, probe_l2, probe_tolerance, probe_max_iter, probe_sampler,
-                                probe_epochs, classifier_lr, classifier_weight_decay, probe_milestones)
+                                probe_epochs, classifier_lr, classifier_weight_decay, probe_milestones, probe_gamma)
 
     def representation_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         return supcon_loss(embeddings, labels, temperature=self.temperature,

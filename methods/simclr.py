@@ -12,7 +12,7 @@ Two stages (``ltbench.stages``), the shape of SCL (``methods/scl.py``):
    L-BFGS fit to convergence on the eval view's features (``ltbench.stages.Probe``; SimCLR's own
    appendix B.6 fits its linear evaluation with L-BFGS on frozen features); ``probe="sgd"``: SupContrast's
    ``main_linear.py`` (100 epochs of ``standard`` views of instance batches, lr 0.1 — its README uses 1
-   for SimCLR — ×0.1 at 60/75/90, weight decay 0).
+   for SimCLR — ×0.2 at 60/75/90, weight decay 0).
 
 Deviations: T = 0.1 (google-research/simclr's default ``--temperature``; SupContrast's scripts use
 0.5 for SimCLR on CIFAR; ``temperature`` sets it), no T/T_base rescaling; one budget E split by
@@ -43,18 +43,17 @@ class SimCLR(TwoStageContrastive):
     # SupContrast's README SimCLR commands (SGD; SimCLR's own LARS at batch 4096 is not in the suite):
     # pre-training batch 1024, lr 0.5, --temp 0.5, --cosine, and main_supcon.py's defaults (1000 epochs,
     # wd 1e-4, momentum 0.9, 10-epoch warm-up from lr 0.01 for batches > 256); linear stage
-    # (main_linear.py): batch 512, lr 1, 100 epochs, lr × 0.2 (lr_gamma) at 60/75/90, wd 0.
+    # (main_linear.py): batch 512, lr 1, 100 epochs, lr × 0.2 (probe_gamma) at 60/75/90, wd 0.
     recipes = {"paper": Recipe(
         source="HobbitLong/SupContrast README (SimCLR) + main_supcon.py, main_linear.py, util.py @ 66a8fe5 "
                "(Chen et al., ICML 2020)",
         train={"optimizer": "sgd", "lr": 0.5, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 1024,
-               "epochs": 1000, "lr_schedule": "cosine", "warmup_epochs": 10, "warmup_start_factor": 0.02,
-               "lr_gamma": 0.2},
+               "epochs": 1000, "lr_schedule": "cosine", "warmup_epochs": 10, "warmup_start_factor": 0.02},
         params={"temperature": 0.5, "probe": "sgd", "probe_epochs": 100, "classifier_lr": 1.0,
                 "classifier_weight_decay": 0.0, "probe_milestones": (60, 75, 90), "probe_sampler": "instance"},
         note="SupConLoss(temperature=0.5) keeps base_temperature 0.07, a ×7.14 loss factor this method has no "
              "parameter for; the probe stays focal (γ 2, this row's ISIC workflow; SupContrast's is CE: gamma=0); "
-             "one batch size and warm-up for both stages (main_linear.py: 512, none); per-batch warm-up and cosine "
+             "one batch size for both stages (main_linear.py: 512); per-batch warm-up and cosine "
              "to lr·1e-3 in the code; CIFAR at 32 px with its crop/jitter/grayscale views")}
 
     representation_sampler = "instance"
@@ -74,6 +73,7 @@ class SimCLR(TwoStageContrastive):
         classifier_lr: float | None = 0.1,
         classifier_weight_decay: float | None = 0.0,
         probe_milestones: tuple[int, ...] = (60, 75, 90),
+        probe_gamma: float = 0.2,  # main_linear.py's --lr_decay_rate
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -83,7 +83,7 @@ class SimCLR(TwoStageContrastive):
         self.temperature = temperature
         self.gamma = gamma
         self._init_stage_params(dim, joint, probe, probe_l2, probe_tolerance, probe_max_iter, probe_sampler,
-                                probe_epochs, classifier_lr, classifier_weight_decay, probe_milestones)
+                                probe_epochs, classifier_lr, classifier_weight_decay, probe_milestones, probe_gamma)
 
     def representation_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         return supcon_loss(embeddings, None, temperature=self.temperature)

@@ -206,7 +206,8 @@ class TSC(TwoStageContrastive):
         probe_epochs: int = 40,  # probe="sgd": main_lincls_imba.py
         classifier_lr: float | None = 10.0,  # probe="sgd": main_lincls_imba.py
         classifier_weight_decay: float | None = 0.0,
-        probe_milestones: tuple[int, ...] = (20, 30),  # probe="sgd": lr ×0.1 at these epochs
+        probe_milestones: tuple[int, ...] = (20, 30),  # probe="sgd": lr ×probe_gamma at these epochs
+        probe_gamma: float = 0.1,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -227,7 +228,7 @@ class TSC(TwoStageContrastive):
         self.queue_size = queue_size
         self.key_momentum = key_momentum
         self._init_stage_params(dim, joint, probe, probe_l2, probe_tolerance, probe_max_iter, probe_sampler,
-                                probe_epochs, classifier_lr, classifier_weight_decay, probe_milestones)
+                                probe_epochs, classifier_lr, classifier_weight_decay, probe_milestones, probe_gamma)
         # The key encoder is listed so that it runs in train mode (MoCo's key BatchNorm uses batch
         # statistics); its parameters keep requires_grad=False, so the optimiser never moves them.
         self.representation_parts = (("backbone", "head", "key_backbone", "key_head") if variant == "moco"

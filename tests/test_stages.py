@@ -75,10 +75,15 @@ def test_scl_stage_boundaries_fall_at_the_documented_epochs(data):
                                                            data.bundle)
     assert [h["stage"] for h in run.history] == ["representation", "representation", "classifier", "classifier",
                                                  "classifier"]
-    # Each stage restarts its own schedule from its own base lr (run lr 0.05, cosine; classifier 0.1, x0.1 at 1).
-    assert [h["lr"] for h in run.history] == [cosine_lr(0.05, 0, 2), cosine_lr(0.05, 1, 2), 0.1, 0.1 * 0.1,
-                                              0.1 * 0.1]
+    # Each stage restarts its own schedule from its own base lr (run lr 0.05, cosine; classifier 0.1, x0.2 at 1,
+    # main_linear.py's lr_decay_rate).
+    assert [h["lr"] for h in run.history] == [cosine_lr(0.05, 0, 2), cosine_lr(0.05, 1, 2), 0.1, 0.1 * 0.2,
+                                              0.1 * 0.2]
     assert 2 <= run.best_epoch <= 4  # selectable: the classifier stage only
+    # The run's warm-up is the representation stage's; the SGD probe stage has none (main_linear.py).
+    warm = Trainer(cpu_config(epochs=2, warmup_epochs=1), progress=False).fit(
+        SCL(probe="sgd", probe_epochs=1), data.bundle)
+    assert [h["lr"] for h in warm.history] == [0.05 * 0.01, cosine_lr(0.05, 0, 1), 0.1]
 
 
 def test_extra_and_probe_stages_are_checked():

@@ -33,6 +33,7 @@ from ltbench.method import Method, RunAccess, TrainInfo
 from ltbench.metrics import HEADLINE, compute_metrics
 from ltbench.models import build_backbone
 from ltbench.schedules import stage_lr
+from ltbench.probe import fit_linear_probe, linear_inputs
 from ltbench.selection import Candidates, selection_score
 from ltbench.stages import Stage, stage_bounds, stream_specs
 
@@ -171,7 +172,9 @@ class Trainer:
         step_model = torch.compile(model) if cfg.compile else model
         stages = method.stages(info)
         bounds = stage_bounds(stages, cfg.epochs)
-        if not any(stage.selectable and end > start for stage, (start, end) in zip(stages, bounds)):
+        total = bounds[-1][1]  # the budget E plus the epochs of stages beyond it
+        if not any(stage.selectable and (end > start or stage.probe is not None)
+                   for stage, (start, end) in zip(stages, bounds)):
             raise LtbenchError(f"method {method.name!r}: no stage with epochs is selectable as the "
                                "best-validation checkpoint")
         requires_grad = [p.requires_grad for p in model.parameters()]  # restored after the run
@@ -195,10 +198,20 @@ class Trainer:
             best = tuple(unplain(resume["best"]))
             candidates.load(unplain(resume.get("candidates")))
             first_epoch, elapsed = resume["epoch"] + 1, resume["wall_time_s"]
-        bar = tqdm(total=cfg.epochs * info.steps_per_epoch, initial=first_epoch * info.steps_per_epoch,
+        bar = tqdm(total=total * info.steps_per_epoch, initial=first_epoch * info.steps_per_epoch,
                    desc=self.desc or method.name, unit="step",
                    disable=None if self.progress else True, leave=False, dynamic_ncols=True)  # None: bar only on a terminal
         for k, (stage, (start, end)) in enumerate(zip(stages, bounds)):
+            if stage.probe is not None:  # the last stage: a closed-form fit after every epoch
+                self.epoch = end
+                trained = self._trained_modules(model, stage, k)
+                val, record = self._fit_probe(method, model, data, stage, trained[0], info)
+                history.append(record)
+                score = selection_score(val["metrics"], cfg.select_metric, end)
+                if stage.selectable and (score > best[0] or best[2] is None):  # ties keep the earlier epoch
+                    best = (score, end, _state_copy(model), _state_copy(method), val)
+                candidates.offer(end, val["metrics"], stage.selectable, test_probs)
+                continue
             if end == start or end <= first_epoch:
                 continue
             inside = start < first_epoch  # resuming in the middle of this stage
@@ -226,8 +239,11 @@ class Trainer:
                         stream.close()
                     streams = self._streams(method, stage, k, data, train_labels, augmentations, active,
                                             generators=[s.generator for s in streams])
-                lr = stage_lr(base_lr, epoch - start, end - start, cfg.lr_schedule, cfg.lr_milestones, cfg.lr_gamma,
-                              cfg.warmup_epochs, cfg.warmup_start_factor)
+                lr = stage_lr(base_lr, epoch - start, end - start, stage.lr_schedule or cfg.lr_schedule,
+                              cfg.lr_milestones if stage.lr_milestones is None else stage.lr_milestones,
+                              cfg.lr_gamma if stage.lr_gamma is None else stage.lr_gamma,
+                              cfg.warmup_epochs if stage.warmup_epochs is None else stage.warmup_epochs,
+                              cfg.warmup_start_factor)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 model.train()
@@ -305,6 +321,30 @@ class Trainer:
                          arrays=arrays, wall_time_s=elapsed + time.perf_counter() - run_start)
 
     # ----------------------------------------------------------------------------------------
+    def _fit_probe(self, method: Method, model: torch.nn.Module, data: DataBundle, stage: Stage,
+                   layer: torch.nn.Module, info: TrainInfo) -> tuple[dict, dict]:
+        """Fit ``layer`` (an ``nn.Linear``) to convergence on the eval view's frozen inputs (``ltbench.stages.Probe``).
+
+        Returns the validation output and the history record (``probe``: loss, iterations, gradient
+        norm, tolerance, converged). Nothing random is drawn: a resumed run fits the same layer.
+        """
+        if not isinstance(layer, torch.nn.Linear):
+            raise LtbenchError(f"method {method.name!r}: probe stage {stage.name or 'unnamed'} trains "
+                               f"{stage.trains[0]!r}, a {type(layer).__name__}, not an nn.Linear")
+        start = time.perf_counter()
+        features = self.infer(method, model, data, data.train, linear_inputs(method, layer))
+        labels = torch.as_tensor(data.labels[data.train], dtype=torch.long)
+        fit = fit_linear_probe(features, labels, info.num_classes, method.probe_loss, stage.probe, self.device)
+        with torch.no_grad():
+            layer.weight.copy_(fit.weight.to(layer.weight))
+            layer.bias.copy_(fit.bias.to(layer.bias))
+        train_time = time.perf_counter() - start
+        val = self.evaluate(method, model, data, data.val, train_counts=self._val_counts(info))
+        record = {"epoch": self.epoch, "lr": 0.0, "train_loss": fit.loss, "train_time_s": round(train_time, 4),
+                  "val": {k: val["metrics"][k] for k in HEADLINE}, "stage": stage.name or "probe",
+                  "probe": fit.record()}
+        return val, record
+
     def _optimizer(self, params: list[torch.nn.Parameter], stage: Stage, lr: float) -> torch.optim.Optimizer:
         """The stage's fresh optimiser: the config's (or the stage's own) SGD or Adam."""
         cfg = self.config

@@ -48,6 +48,7 @@ class MethodRow:
     recipe: str | None = None  # a paper recipe of the method (ltbench.recipes), None: the shared protocol
     config: TrainConfig | None = None  # the row's own settings (a recipe, tuned values); None: the bench's
     tuned: dict | None = None  # the settings tuning chose for this row (ltbench.tuning)
+    tune: dict | None = None  # the row's own tuning grid (over the bench's ``tune:``); None: the bench's
 
 
 @dataclass
@@ -143,6 +144,11 @@ def _rows(path: Path, raw: object) -> dict[str, MethodRow]:
         recipe = params.pop("recipe", None)
         if recipe is not None and not isinstance(recipe, str):
             raise LtbenchError(f"{path}: methods.{name}.recipe = {recipe!r}: expected a recipe name (e.g. paper)")
+        own_tune = params.pop("tune", None)
+        if own_tune is not None:
+            from ltbench.tuning import parse_tune
+
+            own_tune = parse_tune(own_tune, f"{path}: methods.{name}.tune")
         if not isinstance(method, str):
             raise LtbenchError(f"{path}: methods.{name}.method = {method!r}: expected a method name")
         try:
@@ -151,7 +157,7 @@ def _rows(path: Path, raw: object) -> dict[str, MethodRow]:
             hint = "" if method != name else f" (a variant names its method: {name}: {{method: NAME, ...}})"
             raise LtbenchError(f"{path}: methods.{name}: {exc}{hint}") from None
         params = cfg.method_params(method, params, cfg.in_file(path, f"methods.{name}"))
-        rows[name] = MethodRow(name, method, params, recipe=recipe)
+        rows[name] = MethodRow(name, method, params, recipe=recipe, tune=own_tune)
     return rows
 
 
@@ -380,18 +386,21 @@ def _tune(bench: Benchmark, out_dir: Path, train_rows, echo) -> tuple[Benchmark,
     from ltbench.tuning import TUNING_DIR, choose, combinations, tuning_metric, tuning_row, write_tuning
 
     seed = bench.seeds[0]
-    grid = combinations(bench.tune)
+    grids = {name: row.tune if row.tune is not None else bench.tune for name, row in bench.methods.items()}
+    grids = {name: combinations(grid) for name, grid in grids.items() if grid}  # rows without a grid: as they are
     rows = {tuning_row(name, values): replace(row, name=tuning_row(name, values), config=_row_config(bench, row, values),
-                                               tuned=values)
-            for name, row in bench.methods.items() for values in grid}
-    echo(f"{bench.name}: tuning {', '.join(bench.tune)} on validation: {len(grid)} setting(s) x "
-         f"{len(bench.methods)} row(s) on seed {seed}, under {Path(out_dir) / TUNING_DIR}")
+                                               tuned=values, tune=None)
+            for name, row in bench.methods.items() for values in grids.get(name, [])}
+    echo(f"{bench.name}: tuning on validation: {len(rows)} run(s) of {len(grids)} row(s) on seed {seed}, "
+         f"under {Path(out_dir) / TUNING_DIR}")
     results, failures, stale, _ = train_rows(replace(bench, methods=rows, seeds=[seed], tune={}),
                                              Path(out_dir) / TUNING_DIR)
-    records, chosen_rows = {}, {}
-    for name, row in bench.methods.items():
+    records, chosen_rows = {}, dict(bench.methods)
+    for name, grid in grids.items():
+        row = bench.methods[name]
         tried = [(values, results.get((tuning_row(name, values), seed))) for values in grid]
         record = choose(name, tried, tuning_metric(bench.row_config(row).select_metric))
+        record["grid"] = {k: list(dict.fromkeys(v[k] for v in grid)) for k in grid[0]}
         records[name] = record
         chosen = record["chosen"]
         chosen_rows[name] = row if chosen is None else replace(row, config=_row_config(bench, row, chosen), tuned=chosen)
@@ -462,10 +471,11 @@ def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=p
         return _train_rows(bench, out_dir, prepared, progress=progress, echo=echo, warn=warn, force=force,
                            retry_failed=retry_failed, keep_checkpoints=keep_checkpoints, launcher=launcher)
 
-    if bench.tune:  # each row's grid on the first seed, then every seed with the chosen values
+    tuning = bench.tune or any(row.tune for row in bench.methods.values())
+    if tuning:  # each row's grid on the first seed, then every seed with the chosen values
         bench, tuning_problems = _tune(bench, out_dir, train_rows, echo)
     results, failures, stale, trained = train_rows(bench, out_dir)
-    if bench.tune:
+    if tuning:
         failures, stale = tuning_problems[0] + failures, tuning_problems[1] + stale
     total = len(bench.methods) * len(bench.seeds)
     finished = [results[(n, s)] for n in bench.methods for s in bench.seeds if (n, s) in results]

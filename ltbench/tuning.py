@@ -107,6 +107,7 @@ def choose(row: str, tried: list[tuple[dict, dict | None]], metric: str) -> dict
 
 
 def write_tuning(out_dir: Path, grid: Mapping[str, list], records: Mapping[str, dict], seed: int) -> Path:
+    """``tuning.json``: the bench's grid, the seed, and per row its grid, scores and choice."""
     path = Path(out_dir) / TUNING_FILE
     payload = {"grid": {k: list(v) for k, v in grid.items()}, "seed": seed, "rows": dict(records)}
     atomic_write(path, json.dumps(payload, indent=1))
@@ -133,16 +134,19 @@ def _values(values: Mapping | None) -> str:
     return ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in values.items())
 
 
+def _grid(grid: Mapping) -> str:
+    return ", ".join(f"{k} ∈ {{{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vs)}}}"
+                     for k, vs in grid.items())
+
+
 def tuning_summary(tuning: Mapping) -> list[str]:
     """Markdown lines for summary.md / README.md: what was chosen from which grid."""
-    grid = ", ".join(f"{k} ∈ {{{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vs)}}}"
-                     for k, vs in tuning["grid"].items())
-    lines = [f"**Tuned on validation** (seed {tuning.get('seed', 0)}, grid {grid}; the test set is never read "
-             "for the choice):", ""]
+    lines = [f"**Tuned on validation** (seed {tuning.get('seed', 0)}; the test set is never read for the choice):", ""]
     for row, record in tuning["rows"].items():
         chosen = record.get("chosen")
         text = _values(chosen) if chosen else "no tuning run finished: the untuned settings"
-        lines.append(f"- `{row}`: {text} (by validation {record.get('metric', '?')})")
+        grid = record.get("grid") or tuning.get("grid") or {}
+        lines.append(f"- `{row}`: {text} from {_grid(grid)} (by validation {record.get('metric', '?')})")
     return lines + [""]
 
 

@@ -87,7 +87,8 @@ def test_choice_is_the_best_validation_score_and_ties_keep_the_first():
 @pytest.mark.slow
 def test_tuned_bench_chooses_on_validation_then_runs_every_seed(tmp_path, ce_recipe):
     path = _bench_file(tmp_path, seeds=[0, 1], tune={"lr": [0.01, 0.2]},
-                       methods={"ce": {}, "ce_paper": {"method": "ce", "recipe": "paper"}})
+                       methods={"ce": {}, "ce_paper": {"method": "ce", "recipe": "paper"},
+                                "ce_own": {"method": "ce", "tune": {"weight_decay": [0.0, 1e-3]}}})
     out = tmp_path / "out"
     lines: list[str] = []
     run_benchmark(load_benchmark(path, train_flags={"epochs": "2"}), out, progress=False, echo=lines.append)
@@ -108,8 +109,11 @@ def test_tuned_bench_chooses_on_validation_then_runs_every_seed(tmp_path, ce_rec
             assert result["config"]["weight_decay"] == (5e-4 if row == "ce_paper" else 1e-4)
             assert result.get("recipe") == ("paper" if row == "ce_paper" else None)
     assert record["metric"] == "acc"  # digits-lt selects by validation Acc
+    own = tuning["rows"]["ce_own"]  # a row's own grid replaces the bench's
+    assert own["grid"] == {"weight_decay": [0.0, 1e-3]} and set(own["chosen"]) == {"weight_decay"}
+    assert read_result(out / "runs" / "ce_own" / "seed1.json")["config"]["weight_decay"] == own["chosen"]["weight_decay"]
     summary = (out / "summary.md").read_text()
-    assert "Tuned on validation" in summary and "`ce_paper`: lr = " in summary
+    assert "Tuned on validation" in summary and "`ce_paper`: lr = " in summary and "from lr ∈ {0.01, 0.2}" in summary
     assert "Tuning runs (validation only)" in (out / "evidence.md").read_text()
     # A rerun trains nothing: tuning runs live in the run store like any run.
     again: list[str] = []

@@ -119,3 +119,14 @@ def test_tuned_bench_chooses_on_validation_then_runs_every_seed(tmp_path, ce_rec
     again: list[str] = []
     run_benchmark(load_benchmark(path, train_flags={"epochs": "2"}), out, progress=False, echo=again.append)
     assert any("0 run(s) trained" in line for line in again)
+
+
+def test_the_shipped_tuned_benchmark_reads_as_documented():
+    bench = load_benchmark(Path(__file__).resolve().parents[1] / "benchmarks" / "digits-lt-tuned.yaml")
+    assert bench.tune == {"lr": [0.02, 0.05, 0.1]}
+    paper = bench.methods["ldam_drw_paper"]
+    recipe = get_method_class("ldam_drw").recipes["paper"]
+    assert paper.recipe == "paper" and bench.row_config(paper).epochs == recipe.train["epochs"]
+    assert bench.row_config(bench.methods["ce"]).epochs == 20  # the shared protocol
+    assert bench.methods["mwnl_paper"].tune == {"lr": [1e-4, 4e-4, 1e-3]}
+    assert bench.row_config(bench.methods["mwnl_paper"]).optimizer == "adam"

@@ -8,31 +8,39 @@ be replaced with the environment variable ``LTBENCH_DOWNLOAD_URL`` (``<base>/<ye
 Each file is fetched into ``DIR/<file>.part`` with a progress bar (tqdm, on a terminal), resumed
 with an HTTP ``Range`` request when a ``.part`` is already there, checked, then renamed to
 ``DIR/<file>``. Checks: the byte count the server declared (``Content-Length`` / ``Content-Range``),
-and the size and MD5 kept in :data:`CATALOGUE` where they are known. **No exact size or checksum of
+the size and MD5 kept in :data:`CATALOGUE` where they are known, and the content
+(``download_content.py``: a zip's central directory and expected members, a CSV's header, last line
+and one row per image), since a server may omit ``Content-Length`` and close early. The MD5 of each
+accepted file is kept in ``DIR/download_manifest.json``; a file already in place is checked again on
+every run. A ``.part`` that is a symbolic link is refused, not followed, and a transfer that stalls
+(less than :data:`STALL_BYTES` in :data:`STALL_S` seconds) stops with the ``.part`` kept to resume. **No exact size or checksum of
 these files is published anywhere we could find**: the ISIC challenge site's data page gives sizes
 rounded to two or three digits (``Download (9.1GB)``; ImageMarkup/stade,
 ``stade/core/templates/data/2018.html`` and ``2019.html``), which the catalogue keeps as ``approx``
 for ``--dry-run`` only (too coarse to check a file against: "1MB" for a 1.29 MB CSV); FLamby's
 ``fed_isic2019`` download script (owkin/FLamby, ``flamby/datasets/fed_isic2019/dataset_creation_scripts/
 download_isic.py``) checks only that the zip opens; no other public download script or dataset wrapper
-we found pins a checksum. So only the server's declared size is checked, and the catalogue never holds
+we found pins a checksum. So the server's declared size and the content are checked, and the catalogue never holds
 a guessed value. A file that fails a check is refused and kept for inspection (the message names it;
 delete it to download again). Zips are then extracted into ``DIR`` in the official layout (the
 layout ``ltbench.data.isic`` reads), refusing the whole archive if any entry is an absolute path or
-climbs out of ``DIR`` (``../``); the ground-truth CSVs that the 2018 zips keep in a folder are
-copied to ``DIR`` itself.
+climbs out of ``DIR`` (``../``) or if its entries would expand past :data:`EXTRACT_RATIO` times its
+size or the free space; only the archive's own folder is extracted (a stray entry named like a
+ground-truth CSV cannot replace it), and the ground-truth CSV that each 2018 zip keeps in its folder
+is copied to ``DIR`` itself.
 
 Offline (or blocked) the command fails with one line saying what to download by hand and where to
 put it; a file put there by hand is verified and extracted by a rerun.
 """
 from __future__ import annotations
 
-import hashlib
+import errno
 import http.client
 import os
 import shutil
 import socket
 import sys
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -40,12 +48,24 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Callable
 
+from ltbench.data import download_content as content
+from ltbench.data.isic import ISIC2018_COLUMNS, ISIC2019_COLUMNS
 from ltbench.errors import LtbenchError
+from ltbench.fileio import atomic_write
 
 BASE_URL = "https://isic-challenge-data.s3.amazonaws.com"
 URL_ENV = "LTBENCH_DOWNLOAD_URL"
 CHUNK = 1 << 20
-TIMEOUT_S = 60
+TIMEOUT_S = 60  # one socket operation (connect, one read)
+# A transfer that brings less than STALL_BYTES in STALL_S seconds (under ~3.5 KB/s) has stalled: stop it
+# (the .part is kept to resume) rather than wait forever on a server that trickles bytes.
+STALL_S = 300.0
+STALL_BYTES = 1 << 20
+# Zip bomb guard: the entries of an archive may expand to at most this many times its size (the ISIC
+# JPEG zips are ~1x, the one-hot ground-truth CSVs compress ~20x; deflate can reach ~1000x) or
+# EXTRACT_FLOOR bytes, whichever is larger.
+EXTRACT_RATIO = 200
+EXTRACT_FLOOR = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -58,6 +78,14 @@ class Archive:
     size: int | None = None  # bytes; None: not published (the server's declared size is checked)
     md5: str | None = None  # None: not published
     approx: str = ""  # the ISIC site's rounded size, shown by --dry-run when the exact one is unknown (never checked)
+    columns: tuple[str, ...] = ()  # a CSV's (or a zip's ``lift`` CSV's) columns the loaders read
+    rows_of: str = ""  # the image zip with one image per row of this CSV ("" = not checked)
+    lift: str = ""  # a ground-truth zip's CSV member, copied to DIR (the loaders read DIR/<file>.csv)
+
+    @property
+    def folder(self) -> str:
+        """A zip's own folder: the only part of it that is extracted."""
+        return self.name.removesuffix(".zip")
 
     def url(self, base: str) -> str:
         return f"{base.rstrip('/')}/{self.year}/{self.name}"
@@ -70,20 +98,33 @@ class Archive:
 # The files ltbench's loaders read (ltbench/data/isic.py). Exact sizes/MD5: none published (module doc).
 # approx: the sizes the ISIC challenge site's data page shows, rounded as it rounds them — ImageMarkup/stade
 # stade/core/templates/data/2019.html (commit 2045a900) and data/2018.html (commit bc36a40b).
+# Content checks: the loaders' columns, and one row per image of the zip the CSV describes.
+_GT19, _GT18, _LESION = ("image", *ISIC2019_COLUMNS), ("image", *ISIC2018_COLUMNS), ("image", "lesion_id")
+
+
+def _gt2018(part: str, approx: str) -> Archive:
+    folder = f"ISIC2018_Task3_{part}_GroundTruth"
+    return Archive(f"{folder}.zip", "2018", f"Task 3 {part.lower()} labels", approx=approx, columns=_GT18,
+                   rows_of=f"ISIC2018_Task3_{part}_Input.zip", lift=f"{folder}/{folder}.csv")
+
+
 CATALOGUE: dict[str, tuple[Archive, ...]] = {
     "isic2019": (
         Archive("ISIC_2019_Training_Input.zip", "2019", "training images (25,331 JPEGs)", approx="9.1GB"),
-        Archive("ISIC_2019_Training_GroundTruth.csv", "2019", "training labels", approx="1MB"),
-        Archive("ISIC_2019_Training_Metadata.csv", "2019", "training metadata (lesion ids)", approx="1MB"),
+        Archive("ISIC_2019_Training_GroundTruth.csv", "2019", "training labels", approx="1MB", columns=_GT19,
+                rows_of="ISIC_2019_Training_Input.zip"),
+        Archive("ISIC_2019_Training_Metadata.csv", "2019", "training metadata (lesion ids)", approx="1MB",
+                columns=_LESION, rows_of="ISIC_2019_Training_Input.zip"),
     ),
     "isic2018": (
         Archive("ISIC2018_Task3_Training_Input.zip", "2018", "Task 3 training images (10,015 JPEGs)", approx="2.6GB"),
-        Archive("ISIC2018_Task3_Training_GroundTruth.zip", "2018", "Task 3 training labels", approx="36KB"),
-        Archive("ISIC2018_Task3_Training_LesionGroupings.csv", "2018", "Task 3 training lesion ids", approx="481KB"),
+        _gt2018("Training", "36KB"),
+        Archive("ISIC2018_Task3_Training_LesionGroupings.csv", "2018", "Task 3 training lesion ids", approx="481KB",
+                columns=_LESION, rows_of="ISIC2018_Task3_Training_Input.zip"),
         Archive("ISIC2018_Task3_Validation_Input.zip", "2018", "Task 3 validation images (193)", approx="51MB"),
-        Archive("ISIC2018_Task3_Validation_GroundTruth.zip", "2018", "Task 3 validation labels", approx="7KB"),
+        _gt2018("Validation", "7KB"),
         Archive("ISIC2018_Task3_Test_Input.zip", "2018", "Task 3 test images (1,512)", approx="401MB"),
-        Archive("ISIC2018_Task3_Test_GroundTruth.zip", "2018", "Task 3 test labels", approx="16KB"),
+        _gt2018("Test", "16KB"),
     ),
 }
 
@@ -116,7 +157,7 @@ def dry_run_lines(dataset: str, to: Path, base: str | None = None) -> list[str]:
     for a in archives(dataset):
         size = _human(a.size) if a.size is not None else (f"{a.approx} (ISIC site, rounded; exact size not published)"
                                                           if a.approx else "size not published")
-        check = f"md5 {a.md5}" if a.md5 else "server's declared size only (no published checksum)"
+        check = f"md5 {a.md5}" if a.md5 else "declared size and content (no published checksum)"
         then = f"extract into {to}" if a.is_zip else f"keep as {to / a.name}"
         lines.append(f"{a.name:45s} {size}; check: {check}; {a.what}; {a.url(base)} -> {then}")
     return lines
@@ -134,23 +175,35 @@ def _manual(a: Archive, base: str, to: Path, why: str) -> LtbenchError:
                        f"{to / a.name}, then rerun to verify and extract it")
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
+def _accept(a: Archive, path: Path, to: Path, expected: int | None, source: str) -> Path:
+    """Check ``path`` (size, content, MD5 when published), move it to ``to/<name>``, record its MD5.
 
-
-def _verify(a: Archive, path: Path, expected: int | None) -> None:
-    """Size (catalogue, else the server's) and MD5 (when published); refuse and keep the file."""
+    Refused files are kept for inspection (the message names the file).
+    """
     size = path.stat().st_size
     want = a.size if a.size is not None else expected
-    keep = f"; kept for inspection at {path} (delete it to download again)"
     if want is not None and size != want:
-        raise LtbenchError(f"{a.name}: {size:,} bytes, expected {want:,}{keep}")
-    if a.md5 is not None and (got := _md5(path)) != a.md5:
-        raise LtbenchError(f"{a.name}: md5 {got} does not match the expected {a.md5}{keep}")
+        raise LtbenchError(f"{a.name}: {size:,} bytes, expected {want:,}{content.kept(path)}")
+    final = to / a.name
+    try:
+        content.check_content(a, path, to)
+    except LtbenchError as exc:
+        if want is None and path != final:  # no declared size: a cut transfer looks like this, so say so
+            raise LtbenchError(f"{exc}; the server declared no size, so the transfer may have been cut: "
+                               "rerun to resume it") from None
+        raise
+    if path == final:  # already in place: it must not have changed since it was recorded
+        got = content.check_against_manifest(to, a.name, path)
+    else:
+        got = content.md5_of(path)
+    if a.md5 is not None and got != a.md5:
+        raise LtbenchError(f"{a.name}: md5 {got} does not match the expected {a.md5}{content.kept(path)}")
+    if path != final:
+        path.replace(final)
+        content.record(to, a.name, final, got, source)
+    elif a.name not in content.read_manifest(to):
+        content.record(to, a.name, final, got, "found in place")
+    return final
 
 
 def _total_from(resp: http.client.HTTPResponse, offset: int) -> int | None:
@@ -162,25 +215,38 @@ def _total_from(resp: http.client.HTTPResponse, offset: int) -> int | None:
     return int(length) if length and length.isdigit() else None
 
 
-def fetch(a: Archive, to: Path, base: str, progress: bool | None = None) -> Path:
-    """Download ``a`` into ``to/<name>`` (resuming ``<name>.part``), verified; returns the path."""
+def _open_part(part: Path, append: bool):
+    """``part`` for writing, never through a symbolic link (O_NOFOLLOW: a link planted there fails)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
+    try:
+        return os.fdopen(os.open(part, flags, 0o666), "ab" if append else "wb")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LtbenchError(f"{part} is a symbolic link; refusing to follow it (delete it to download again)") \
+                from None
+        raise LtbenchError(f"{part}: cannot write ({exc.strerror})") from None
+
+
+def fetch(a: Archive, to: Path, base: str, progress: bool | None = None, stall_s: float = STALL_S) -> Path:
+    """Download ``a`` into ``to/<name>`` (resuming ``<name>.part``), checked; returns the path.
+
+    A file already at ``to/<name>`` is checked again (content, and MD5 against the manifest).
+    """
     final, part = to / a.name, to / (a.name + ".part")
+    if part.is_symlink():
+        raise LtbenchError(f"{part} is a symbolic link; refusing to follow it (delete it to download again)")
     if final.is_file():
-        _verify(a, final, None)
-        return final
+        return _accept(a, final, to, None, "found in place")
     offset = part.stat().st_size if part.is_file() else 0
     if a.size is not None and offset == a.size:  # complete but not yet verified
-        _verify(a, part, a.size)
-        part.replace(final)
-        return final
+        return _accept(a, part, to, a.size, "downloaded")
+    timeout = min(TIMEOUT_S, stall_s)
     request = urllib.request.Request(a.url(base), headers={"Range": f"bytes={offset}-"} if offset else {})
     try:
-        resp = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+        resp = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # nothing left to fetch: the .part is whole (or too long)
-            _verify(a, part, a.size if a.size is not None else offset)
-            part.replace(final)
-            return final
+            return _accept(a, part, to, a.size if a.size is not None else offset, "downloaded")
         raise _manual(a, base, to, f"HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, socket.timeout, OSError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -198,30 +264,40 @@ def fetch(a: Archive, to: Path, base: str, progress: bool | None = None) -> Path
 
         bar = tqdm(total=expected, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=a.name,
                    disable=not show, leave=False)
-        received = offset
+        received, why = offset, ""
+        mark_t, mark_n = time.monotonic(), received  # the stall clock: restarts at each STALL_BYTES received
         try:
-            with open(part, "ab" if offset else "wb") as f:
+            with _open_part(part, append=bool(offset)) as f:
                 while True:
                     try:
-                        block = resp.read(CHUNK)
-                    except (http.client.IncompleteRead, ConnectionError, socket.timeout, OSError) as exc:
-                        if isinstance(exc, http.client.IncompleteRead) and exc.partial:
-                            f.write(exc.partial)
-                            received += len(exc.partial)
+                        block = resp.read1(CHUNK)  # returns what has arrived: the stall clock is read often
+                    except socket.timeout:
+                        why = f"stalled: nothing received for {timeout:g} s"
+                        break
+                    except (http.client.HTTPException, ConnectionError, OSError) as exc:
+                        why = f"connection lost: {exc or type(exc).__name__}"
                         break
                     if not block:
                         break
                     f.write(block)
                     received += len(block)
                     bar.update(len(block))
+                    now = time.monotonic()
+                    if received - mark_n >= STALL_BYTES:
+                        mark_t, mark_n = now, received
+                    elif now - mark_t > stall_s:
+                        why = f"stalled: {received - mark_n:,} bytes in the last {now - mark_t:.0f} s"
+                        break
+        except OSError as exc:  # writing the .part (reads are handled above): a full disk names the file
+            raise LtbenchError(f"{part}: cannot write ({exc.strerror}) after {received:,} bytes; "
+                               "free space and rerun to resume") from None
         finally:
             bar.close()
-    if expected is not None and received < expected:
-        raise LtbenchError(f"{a.name}: download interrupted at {received:,} of {expected:,} bytes "
-                           f"(kept in {part}); rerun to resume")
-    _verify(a, part, expected)
-    part.replace(final)
-    return final
+    if why or (expected is not None and received < expected):
+        of = f"of {expected:,} bytes" if expected is not None else "bytes (size not declared)"
+        raise LtbenchError(f"{a.name}: download interrupted at {received:,} {of} "
+                           f"({why or 'the server closed the connection'}; kept in {part}); rerun to resume")
+    return _accept(a, part, to, expected, "downloaded")
 
 
 # ---------------------------------------------------------------------------------- extraction
@@ -237,8 +313,15 @@ def unsafe_entry(name: str) -> str | None:
     return None
 
 
-def safe_extract(archive: Path, to: Path) -> list[str]:
-    """Extract every entry of ``archive`` into ``to``; refuse the whole zip if any entry escapes it."""
+def safe_extract(archive: Path, to: Path, folder: str | None = None) -> tuple[list[str], list[str]]:
+    """Extract ``archive`` into ``to``; returns the names extracted and those skipped.
+
+    The whole zip is refused if any entry escapes ``to`` or the entries would expand past
+    :data:`EXTRACT_RATIO` times the archive (or the free space). With ``folder``, only entries
+    inside ``folder/`` are extracted: anything else (e.g. a stray ``<ground truth>.csv`` at the top)
+    is skipped, so it cannot take the place of a file ltbench reads. A write error (a full disk)
+    names the file being written.
+    """
     to = Path(to).resolve()
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -250,22 +333,40 @@ def safe_extract(archive: Path, to: Path) -> list[str]:
                     why = "a path outside the target folder"
                 if why:
                     raise LtbenchError(f"{archive}: entry {info.filename!r} is {why}; refusing to extract it")
-            zf.extractall(to)
-            return [i.filename for i in infos]
+            inside = [i for i in infos if folder is None or i.filename.startswith(folder.rstrip("/") + "/")]
+            declared, size = sum(i.file_size for i in inside), archive.stat().st_size
+            if declared > max(EXTRACT_FLOOR, EXTRACT_RATIO * size):
+                raise LtbenchError(f"{archive}: its entries would expand to {declared:,} bytes, over {EXTRACT_RATIO}x "
+                                   f"the archive's {size:,} bytes (a zip bomb?); refusing to extract it")
+            free = shutil.disk_usage(to).free
+            if declared > free:
+                raise LtbenchError(f"{to}: extracting {archive.name} needs {declared:,} bytes, {free:,} are free; "
+                                   "free space and rerun")
+            for info in inside:  # the size a zip declares bounds what zipfile writes (a CRC error past it)
+                try:
+                    zf.extract(info, to)
+                except OSError as exc:
+                    raise LtbenchError(f"{to / info.filename}: cannot extract it from {archive.name} "
+                                       f"({exc.strerror}); free space and rerun") from None
+            kept_ids = {id(i) for i in inside}
+            return [i.filename for i in inside], [i.filename for i in infos if id(i) not in kept_ids]
     except zipfile.BadZipFile as exc:
         raise LtbenchError(f"{archive}: not a valid zip ({exc}); kept for inspection, delete it to download again") from None
 
 
-def _lift_csvs(names: list[str], to: Path) -> None:
-    """The 2018 ground-truth zips hold ``<folder>/<file>.csv``; the loaders read ``to/<file>.csv``."""
-    for name in names:
-        p = PurePosixPath(name)
-        if p.suffix.lower() == ".csv" and len(p.parts) > 1 and not (to / p.name).exists():
-            shutil.copyfile(to / name, to / p.name)
+def _lift_csv(a: Archive, to: Path) -> None:
+    """The 2018 ground-truth zips hold ``<folder>/<file>.csv``; the loaders read ``to/<file>.csv``.
+
+    Only the archive's own CSV (checked in :func:`content.check_content`) is copied, replacing any
+    file of that name.
+    """
+    if a.lift:
+        atomic_write(to / PurePosixPath(a.lift).name, (to / a.lift).read_bytes())
 
 
 def download(dataset: str, to: Path, base: str | None = None, catalogue: tuple[Archive, ...] | None = None,
-             extract: bool = True, progress: bool | None = None, echo: Callable[[str], None] = print) -> list[Path]:
+             extract: bool = True, progress: bool | None = None, echo: Callable[[str], None] = print,
+             stall_s: float = STALL_S) -> list[Path]:
     """Fetch, verify and extract every file of ``dataset`` into ``to``; returns the downloaded files.
 
     ``catalogue`` replaces the dataset's files (tests); an extracted zip leaves a marker
@@ -281,7 +382,7 @@ def download(dataset: str, to: Path, base: str | None = None, catalogue: tuple[A
     done = []
     for k, a in enumerate(files):
         try:
-            path = fetch(a, to, base, progress)
+            path = fetch(a, to, base, progress, stall_s=stall_s)
         except Unreachable as exc:
             missing = [b for b in files[k:] if not (to / b.name).is_file()]
             if len(missing) <= 1:
@@ -294,10 +395,11 @@ def download(dataset: str, to: Path, base: str | None = None, catalogue: tuple[A
         if extract and a.is_zip:
             marker = to / f".{a.name}.extracted"
             if not marker.exists():
-                names = safe_extract(path, to)
-                _lift_csvs(names, to)
-                marker.write_text("\n".join(names) + "\n")
-                echo(f"{a.name}: {len(names)} entries extracted into {to}")
+                names, skipped = safe_extract(path, to, a.folder)
+                _lift_csv(a, to)
+                atomic_write(marker, "\n".join(names) + "\n")
+                extra = f" (skipped {len(skipped)} outside {a.folder}/: {', '.join(skipped[:3])})" if skipped else ""
+                echo(f"{a.name}: {len(names)} entries extracted into {to}{extra}")
             else:
                 echo(f"{a.name}: already extracted")
         else:

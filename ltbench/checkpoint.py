@@ -9,7 +9,8 @@ metrics and probabilities of an uninterrupted run on the CPU (tests/test_resume.
 
 Storage: ``<base>.ckpt`` and the one before it, ``<base>.ckpt.prev`` (the last two). Each is
 written to a temporary file, fsynced and renamed, so a kill leaves at worst a stray temporary
-file. Loading uses ``torch.load(weights_only=True)``: only tensors, plain containers and numbers
+file. A write that fails (a full disk) raises an OSError naming the checkpoint, never torch's
+RuntimeError, so it stops the bench without being recorded as the run's failure. Loading uses ``torch.load(weights_only=True)``: only tensors, plain containers and numbers
 are stored (numpy and python RNG states are converted). A checkpoint that fails to load, or was
 made by a different run (its ``run_key``), is reported and skipped: the previous one is tried,
 then the run starts from scratch. Nothing here names a method.
@@ -101,6 +102,35 @@ def unplain(value):
 
 # ------------------------------------------------------------------------------ storage
 
+class _Sink:
+    """The file ``torch.save`` writes to, keeping the first OSError of a write.
+
+    ``torch.save`` turns a failed write (a full disk, ``RLIMIT_FSIZE``) into a RuntimeError
+    ("[enforce fail at inline_container.cc] unexpected pos ..."), which the bench would record as
+    the run's own failure and replay after space is freed (issue 21). Keeping the OSError lets
+    :meth:`CheckpointStore.save` raise it as what it is: the machine's problem, not the run's.
+    Writes after the first error are dropped: the file is deleted anyway.
+    """
+
+    def __init__(self, fh) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        if self.error is None:
+            try:
+                self.fh.write(data)
+            except OSError as exc:
+                self.error = exc
+        return memoryview(data).nbytes
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.fh.flush()
+            except OSError as exc:
+                self.error = exc
+
+
 class CheckpointStore:
     """The checkpoints of one run: ``<base>.ckpt`` (latest) and ``<base>.ckpt.prev``.
 
@@ -126,13 +156,25 @@ class CheckpointStore:
         fd, tmp = tempfile.mkstemp(dir=self.latest.parent, prefix=f".{self.latest.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
+                sink = _Sink(fh)
+                try:
+                    torch.save(payload, sink)
+                except RuntimeError:
+                    if sink.error is None:
+                        raise
+                if sink.error is not None:
+                    raise sink.error
                 fh.flush()
                 os.fsync(fh.fileno())
             hook("checkpoint")
             if self.latest.exists():
                 os.replace(self.latest, self.previous)
             os.replace(tmp, self.latest)
+        except OSError as exc:  # a full disk, a file-size limit: the machine's problem, named by its file
+            Path(tmp).unlink(missing_ok=True)
+            if exc.filename is not None:
+                raise
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.latest)) from exc
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retrieval_scale import ISIC2019_COUNTS, _reset_peak, _status_kb  # noqa: E402
 
-from ltbench.retrieval_pass import _stored, metrics_from_arrays, save_embeddings  # noqa: E402
+from ltbench.retrieval.run_pass import _stored, metrics_from_arrays, save_embeddings  # noqa: E402
 
 
 def main() -> None:

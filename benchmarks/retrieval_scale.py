@@ -1,4 +1,4 @@
-"""Peak memory and time of the retrieval pass (ltbench.retrieval.retrieval_metrics) at ISIC 2019 scale.
+"""Peak memory and time of the retrieval pass (ltbench.retrieval.metrics.retrieval_metrics) at ISIC 2019 scale.
 
 A synthetic database of 15,000 × 2,048 float32 embeddings (the ISIC 2019 training split's size
 at ResNet-50's feature width) and 5,000 queries, labels drawn with ISIC 2019's class proportions,
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ltbench.retrieval import CHUNK_SIZE, retrieval_metrics
+from ltbench.retrieval.metrics import CHUNK_SIZE, retrieval_metrics
 
 # ISIC 2019 training counts (MEL, NV, BCC, AK, BKL, DF, VASC, SCC) — proportions only.
 ISIC2019_COUNTS = (4522, 12875, 3323, 867, 2624, 239, 253, 628)

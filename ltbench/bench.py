@@ -24,15 +24,15 @@ from ltbench.errors import LtbenchError
 from ltbench.launchers.grid import row_labels
 from ltbench.registry import get_method_class
 from ltbench.report import leak_text, write_report
-from ltbench.report_groups import class_groups, parse_groups
-from ltbench.report_references import parse_references, write_settings
-from ltbench.retrieval_pass import RetrievalSettings
+from ltbench.report.groups import class_groups, parse_groups
+from ltbench.report.references import parse_references, write_settings
+from ltbench.retrieval.run_pass import RetrievalSettings
 from ltbench.runs import (DataSpec, RunClaimed, RunFailed, StaleResult, check_cache_dir, check_methods_on_data,
                           check_out_dir, prepare_data, read_result, result_paths, run_one, write_split)
 from ltbench.trainer import TrainConfig
 
 _TOP_KEYS = ("name", "description", "dataset", "split", "train", "seeds", "methods", "cache_dir", "retrieval",
-             "references", "groups",  # the last two: report only (ltbench/report_references.py, report_groups.py)
+             "references", "groups",  # the last two: report only (ltbench/report/references.py, groups.py)
              "slurm",  # --launcher slurm only (ltbench/launchers/slurm.py), never in a run key
              "tune")  # per-row tuning on validation (ltbench/tuning.py)
 _DATASET_KEYS = ("name", "data_root", "options", "geometry")  # geometry: ltbench/data/geometry.py

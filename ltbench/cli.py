@@ -126,7 +126,7 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
                f"({len(prepared.split.train)}/{len(prepared.split.val)}/{len(prepared.split.test)}); "
                f"lesion leak: {leak_text(prepared.leak)}")
     write_split(prepared, out)
-    from ltbench.retrieval_pass import RetrievalSettings
+    from ltbench.retrieval.run_pass import RetrievalSettings
 
     result, trained = run_one(method, params, config.seed, config, spec, prepared, out, progress=True, force=force,
                               retrieval=RetrievalSettings(enabled=True) if retrieval else None)

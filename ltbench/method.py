@@ -168,7 +168,7 @@ class Method(nn.Module):
     def representations(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
         """Named N×d representations of ``images`` for retrieval (docs/retrieval.md).
 
-        Called only by the retrieval pass after the test pass (``ltbench.retrieval_pass``), under
+        Called only by the retrieval pass after the test pass (``ltbench.retrieval.run_pass``), under
         ``inference_mode`` with model and method in eval mode; never changes ``predict``. Names:
         ``feature`` (the pooled penultimate feature, every method), ``embedding`` (a projection
         head's output), ``hash`` (continuous codes) and ``hash_binary`` (codes in {−1, 0, +1},

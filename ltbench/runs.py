@@ -348,7 +348,7 @@ def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data
     ``seed<k>.failed.json`` (epoch, reason) and ``seed<k>.failed.log`` (traceback) and raises
     :class:`RunFailed`; a recorded failure of the same key is raised again without training unless
     ``retry_failed``. A write that fails (full disk, read-only folder) is one LtbenchError line.
-    ``retrieval`` (``ltbench.retrieval_pass.RetrievalSettings``, not part of the run key): when enabled,
+    ``retrieval`` (``ltbench.retrieval.run_pass.RetrievalSettings``, not part of the run key): when enabled,
     the retrieval pass runs after the test pass and its section goes into the result; a stored result
     without one is returned as it is (the bench lists it) unless ``replace_stale`` retrains it.
     """
@@ -404,9 +404,9 @@ def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, 
         memory = memory_start(trainer.device)  # peak memory of this run (issue 12; not in the run key)
         output = trainer.fit(method, prepared.bundle, checkpoint=store)
         memory = memory_end(memory, trainer.device)
-        found = None  # the retrieval pass (ltbench/retrieval_pass.py): after the test pass, no random numbers
+        found = None  # the retrieval pass (ltbench/retrieval/run_pass.py): after the test pass, no random numbers
         if retrieval is not None and retrieval.enabled:
-            from ltbench.retrieval_pass import embedding_path, retrieval_pass
+            from ltbench.retrieval.run_pass import embedding_path, retrieval_pass
 
             if getattr(trainer, "model", None) is None:
                 raise LtbenchError("retrieval: Trainer.fit left no trained model (Trainer.model)")

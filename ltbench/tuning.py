@@ -24,8 +24,7 @@ from typing import Mapping
 
 from ltbench.errors import LtbenchError
 from ltbench.fileio import atomic_write
-
-TUNING_FILE = "tuning.json"
+from ltbench.report.tuning import TUNING_FILE  # the report reads what the bench writes
 TUNING_DIR = "tuning"
 #: Settings that are the bench's or the machine's, not a recipe's: one pixel cache, one device.
 NOT_TUNABLE = ("image_size", "device", "seed", "eval_batch_size", "amp", "channels_last", "compile", "eval_view")
@@ -112,53 +111,3 @@ def write_tuning(out_dir: Path, grid: Mapping[str, list], records: Mapping[str, 
     payload = {"grid": {k: list(v) for k, v in grid.items()}, "seed": seed, "rows": dict(records)}
     atomic_write(path, json.dumps(payload, indent=1))
     return path
-
-
-def read_tuning(out_dir: Path) -> dict | None:
-    """The bench's tuning record, or None (no ``tune:``); a damaged file is one clear line."""
-    path = Path(out_dir) / TUNING_FILE
-    if not path.is_file():
-        return None
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise LtbenchError(f"{path}: unreadable tuning record ({exc}); rerun the bench to rewrite it") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("rows"), dict):
-        raise LtbenchError(f"{path}: not a tuning record (no 'rows' mapping); rerun the bench to rewrite it")
-    return payload
-
-
-def _values(values: Mapping | None) -> str:
-    if not values:
-        return "—"
-    return ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in values.items())
-
-
-def _grid(grid: Mapping) -> str:
-    return ", ".join(f"{k} ∈ {{{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vs)}}}"
-                     for k, vs in grid.items())
-
-
-def tuning_summary(tuning: Mapping) -> list[str]:
-    """Markdown lines for summary.md / README.md: what was chosen from which grid."""
-    lines = [f"**Tuned on validation** (seed {tuning.get('seed', 0)}; the test set is never read for the choice):", ""]
-    for row, record in tuning["rows"].items():
-        chosen = record.get("chosen")
-        text = _values(chosen) if chosen else "no tuning run finished: the untuned settings"
-        grid = record.get("grid") or tuning.get("grid") or {}
-        lines.append(f"- `{row}`: {text} from {_grid(grid)} (by validation {record.get('metric', '?')})")
-    return lines + [""]
-
-
-def tuning_evidence(tuning: Mapping) -> list[str]:
-    """Markdown for evidence.md: every tuning run's validation score."""
-    lines = ["## Tuning runs (validation only)", "",
-             f"Each row trained every combination on seed {tuning.get('seed', 0)} (runs under `tuning/`); "
-             "the best validation score of the tested checkpoint chose the settings (ties: the first listed).",
-             "", "| row | settings | validation | chosen |", "|---|---|---:|:---:|"]
-    for row, record in tuning["rows"].items():
-        for score in record.get("scores", []):
-            val = "failed / missing" if score.get("val") is None else f"{score['val']:.2f}"
-            mark = "✓" if record.get("chosen") == score.get("values") else ""
-            lines.append(f"| {row} | {_values(score.get('values'))} | {record.get('metric', '?')} {val} | {mark} |")
-    return lines + [""]

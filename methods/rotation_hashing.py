@@ -9,9 +9,9 @@ A classification-based hashing network: a backbone with HDCSA spatial attention 
                                                                                          u(rot180 x), u(rot270 x))
 
 Binary codes ``sign(u − 0.5)``. Retrieval: the paper's own score is
-:func:`ltbench.retrieval.p10_r4_macro` (a class-macro precision@10 after a Hamming-radius-4 lookup
+:func:`ltbench.retrieval.metrics.p10_r4_macro` (a class-macro precision@10 after a Hamming-radius-4 lookup
 and a cosine re-rank — what the code calls "mAP", and is not); the generic retrieval metrics are
-in :func:`ltbench.retrieval.retrieval_metrics`.
+in :func:`ltbench.retrieval.metrics.retrieval_metrics`.
 
 Identical to the official code (spec ``retrieval.md`` §1–§3):
 
@@ -142,7 +142,7 @@ class RotationHashing(Method):
         self.reduction_ratio = reduction_ratio
         self.dilations = tuple(dilations)
         self.attention_kernel = attention_kernel
-        self.radius = radius  # for p10_r4_macro (ltbench.retrieval)
+        self.radius = radius  # for p10_r4_macro (ltbench.retrieval.metrics)
         self.top_k = top_k
         self.view = view  # the training view: "plain_half" is the code's pipeline (no augmentation, 0.5/0.5)
 

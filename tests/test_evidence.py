@@ -1,4 +1,4 @@
-"""Bootstrap intervals, paired tests, Holm, calibration and the majority baseline (ltbench.evidence)."""
+"""Bootstrap intervals, paired tests, Holm, calibration and the majority baseline (ltbench.report.statistics)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ltbench import evidence as ev
+from ltbench.report import statistics as ev
 from ltbench.metrics import compute_metrics
 
 

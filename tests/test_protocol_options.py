@@ -182,7 +182,7 @@ def test_bad_set_is_one_line(args, fragments, capsys, monkeypatch, tmp_path):
 
 
 def test_the_report_shows_monica_group_mean_accuracy_and_names_the_protocol():
-    from ltbench.report import _context, _header_line, markdown_table, summarize
+    from ltbench.report.summary import _context, _header_line, markdown_table, summarize
     from tests.test_report import NUMBERS, fake_result
 
     results = [fake_result(m, seed, vals, 0.6) for m, rows in NUMBERS.items() for seed, vals in enumerate(rows)]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ltbench.errors import LtbenchError
-from ltbench.report_references import compare, parse_references, read_settings, references_markdown
+from ltbench.report.references import compare, parse_references, read_settings, references_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"source": "Zhang et al., ECL, MICCAI 2023, Table 1", "tolerance": 2.0,

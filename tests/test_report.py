@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from ltbench.errors import LtbenchError
-from ltbench.report import latex_escape, load_results, method_order, summarize, write_report
+from ltbench.report import load_results, summarize, write_report
+from ltbench.report.summary import latex_escape, method_order
 
 CLASSES = ["mel", "nv", "bcc"]
 # method -> per-seed (acc, sen, pre, f1, auc, head, medium, tail)
@@ -106,7 +107,7 @@ def md_rows(text: str) -> dict[str, list[str]]:
     for line in text.splitlines():
         if line.startswith("|") and not line.startswith("|--") and "Method" not in line:
             cells = [c.strip() for c in line.strip("|").split("|")]
-            rows[cells[0].removesuffix(" ⚠")] = cells[1:]  # ⚠: a flagged row (report_evidence.run_flags)
+            rows[cells[0].removesuffix(" ⚠")] = cells[1:]  # ⚠: a flagged row (ltbench.report.flags.run_flags)
     return rows
 
 
@@ -134,7 +135,7 @@ def test_summary_md(results, tmp_path):
 
 
 def test_markdown_table_bolds_the_rows_it_is_given_and_by_default_the_best(results):
-    from ltbench.report import markdown_table
+    from ltbench.report.summary import markdown_table
 
     summary = summarize(results)
     default = md_rows(markdown_table(summary))
@@ -233,7 +234,7 @@ def test_load_results_duplicate_run(results, tmp_path):
 
 
 def test_mean_confusion_in_figure_input(results):
-    from ltbench.report import mean_confusion
+    from ltbench.report.summary import mean_confusion
     mat = mean_confusion(results, "ce")              # diag 0.5, 0.6, 0.7 -> 0.6
     assert np.diag(mat) == pytest.approx([0.6] * 3)
     assert mat.sum(axis=1) == pytest.approx([1.0] * 3)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ltbench.metrics import compute_metrics
 from ltbench.report import summarize
-from ltbench.report_evidence import compute_evidence, evidence_outputs, load_run_arrays
+from ltbench.report.evidence import compute_evidence, evidence_outputs, load_run_arrays
 
 CLASSES = ["nv", "mel", "bcc"]
 TRAIN = [60, 25, 8]

@@ -103,7 +103,7 @@ def test_confusion_counts_are_summed_over_seeds_beside_the_normalised(bench):
 
 
 def test_a_grid_of_fourteen_methods_wraps_into_rows_and_stays_readable():
-    from ltbench.report import _confusion_figure
+    from ltbench.report.figures import _confusion_figure
 
     rng = np.random.default_rng(1)
     names = [f"class{c}" for c in range(8)]

@@ -7,7 +7,7 @@ import pytest
 from ltbench.errors import LtbenchError
 from ltbench.metrics import compute_metrics, group_classes
 from ltbench.report import summarize, write_report
-from ltbench.report_groups import apply_groups, class_groups, describe, parse_groups
+from ltbench.report.groups import apply_groups, class_groups, describe, parse_groups
 
 NAMES = ["NV", "MEL", "BCC", "BKL", "AK", "SCC", "DF"]
 TRAIN = [600, 450, 300, 120, 90, 40, 12]

@@ -1,4 +1,4 @@
-"""The report's retrieval section (ltbench/report_retrieval.py), from real runs' results and embedding files."""
+"""The report's retrieval section (ltbench/report/retrieval.py), from real runs' results and embedding files."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from ltbench.report import load_results, write_report
-from ltbench.report_retrieval import RETRIEVAL_FILES, retrieval_outputs, retrieval_summary
-from ltbench.retrieval_pass import RetrievalSettings, embedding_path
+from ltbench.report.retrieval import RETRIEVAL_FILES, retrieval_outputs, retrieval_summary
+from ltbench.retrieval.run_pass import RetrievalSettings, embedding_path
 from ltbench.runs import result_paths, run_one
 from tests.helpers import SYNTHETIC, cpu_config, synthetic_data
 
@@ -55,7 +55,7 @@ def test_outputs_tables_and_figures(run_dir):
     for name in figures:
         assert outputs[name].startswith(PNG) and len(outputs[name]) > 5000, name
     text = outputs["retrieval.md"]
-    # the weighted vote's k follows the smallest class of the database (ltbench.retrieval.knn_k_for)
+    # the weighted vote's k follows the smallest class of the database (ltbench.retrieval.metrics.knn_k_for)
     counts = results[0]["dataset"]["class_counts"]["train"]
     k = min(200, max(1, int(0.15 * min(counts))))
     assert {s["knn_weighted"]["k"] for r in results for s in (r.get("retrieval") or {}).get("spaces", {}).values()} == {k}

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import ltbench.report as report_module
-import ltbench.report_evidence as evidence_module
+import ltbench.report.figures as figures_module
 from ltbench.metrics import compute_metrics
 from ltbench.report import load_results, write_report
-from ltbench.report_evidence import run_flags, training_curves_fig
-from ltbench.report_groups import class_groups, class_order, resolve
+from ltbench.report.figures import training_curves_fig
+from ltbench.report.flags import run_flags
+from ltbench.report.groups import class_groups, class_order, resolve
 from ltbench.runs import run_one
 from tests.helpers import SYNTHETIC, cpu_config, synthetic_data
 from tests.test_report import md_rows
@@ -67,8 +67,8 @@ def test_every_figure_and_table_uses_one_class_order_head_to_tail(tmp_path, monk
             return fig
         return wrapped
 
-    monkeypatch.setattr(report_module, "panel_figure", spy(report_module.panel_figure))
-    monkeypatch.setattr(evidence_module, "per_class_recall_fig", spy(evidence_module.per_class_recall_fig))
+    monkeypatch.setattr(figures_module, "panel_figure", spy(figures_module.panel_figure))
+    monkeypatch.setattr(figures_module, "per_class_recall_fig", spy(figures_module.per_class_recall_fig))
     write_report(results, tmp_path, baseline=None)
     head_to_tail = ["nv", "mel", "bcc"]
     assert class_order(results) == [1, 0, 2]
@@ -276,7 +276,7 @@ def test_results_without_stored_test_passes_are_validation_only(trained, tmp_pat
 
 
 def test_the_retrieval_heat_map_and_group_columns_follow_the_report():
-    from ltbench.report_retrieval import per_class_fig, retrieval_summary
+    from ltbench.report.retrieval import per_class_fig, retrieval_summary
 
     def space(per_class):
         return {"metric": "cosine", "map_all": {"macro": float(np.mean(per_class)), "micro": 0.0,

@@ -1,4 +1,4 @@
-"""ltbench.retrieval against naive loop implementations of each definition (docs/retrieval.md)."""
+"""ltbench.retrieval.metrics against naive loop implementations of each definition (docs/retrieval.md)."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from ltbench.retrieval import (knn_majority_vote, knn_weighted_vote, p10_r4_macro, pairwise_distances,
-                               retrieval_metrics)
+from ltbench.retrieval.metrics import (knn_majority_vote, knn_weighted_vote, p10_r4_macro, pairwise_distances,
+                                       retrieval_metrics)
 from ltbench.metrics import group_classes
 import torch
 
@@ -280,7 +280,7 @@ def test_excluded_neighbours_do_not_vote_when_the_ranking_is_short():
 
 
 def test_the_weighted_vote_k_follows_the_smallest_class_of_the_database():
-    from ltbench.retrieval import knn_k_for
+    from ltbench.retrieval.metrics import knn_k_for
 
     assert knn_k_for([5000] * 10) == 200  # CIFAR-size classes: InstDisc's 200
     assert knn_k_for([1300, 1300]) == 195  # 15 % of an ImageNet class

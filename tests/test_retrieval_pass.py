@@ -1,4 +1,4 @@
-"""The retrieval pass of a run (ltbench/retrieval_pass.py) and the named representations of the Method API."""
+"""The retrieval pass of a run (ltbench/retrieval/run_pass.py) and the named representations of the Method API."""
 from __future__ import annotations
 
 import json
@@ -13,9 +13,9 @@ from ltbench.errors import LtbenchError
 from ltbench.method import TrainInfo
 from ltbench.models import build_backbone
 from ltbench.registry import create_method, list_methods
-from ltbench.retrieval import p10_r4_macro, retrieval_metrics
-from ltbench.retrieval_pass import (RetrievalSettings, embedding_path, load_embeddings, metrics_from_file,
-                                    summary_for_json)
+from ltbench.retrieval.metrics import p10_r4_macro, retrieval_metrics
+from ltbench.retrieval.run_pass import (RetrievalSettings, embedding_path, load_embeddings, metrics_from_file,
+                                        summary_for_json)
 from ltbench.runs import DataSpec, prepare_data, result_paths, run_one
 from tests.helpers import cpu_config
 

@@ -152,7 +152,7 @@ def test_a_real_isic2018_bench_shows_the_selection_table(tmp_path, isic2018_test
     """ce, ldam_drw and ecl on the real images at 24 px, 3 epochs, 2 seeds, the dataset's default rule (~50 s)."""
     from ltbench.cli import main
     from ltbench.report import load_results
-    from ltbench.report_selection import run_selection
+    from ltbench.report.selection import run_selection
 
     root = _real_isic2018_root(tmp_path, isic2018_test_images)
     bench = tmp_path / "bench.yaml"

@@ -64,7 +64,7 @@ class Grid:
     retry_failed: bool = False
     keep_checkpoints: bool = False
     methods: dict = field(default_factory=dict)  # registered method name -> its class
-    retrieval: object = None  # ltbench.retrieval_pass.RetrievalSettings of the bench (not in the run key)
+    retrieval: object = None  # ltbench.retrieval.run_pass.RetrievalSettings of the bench (not in the run key)
 
     def config(self, row: str):
         """The TrainConfig a row trains with."""

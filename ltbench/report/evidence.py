@@ -2,25 +2,17 @@
 
 For every method: 95 % bootstrap confidence intervals of the headline metrics, a paired test
 against a baseline (Holm-adjusted over the methods), calibration (ECE, NLL, Brier), the worst
-class's recall, and flags (:func:`run_flags`, from the result file alone; issue 20 item 4) for runs
-that collapsed or did not converge: fewer than C classes predicted on the test set, zero recall on a
-class with at least :data:`MIN_SUPPORT` test images, the best validation epoch at the end of a stage
-while the metric was still rising, a probe classifier that did not converge, best epoch 0. The
-summary marks such rows with ⚠. A majority-class row shows what "always predict the head" scores.
-The numbers come from ``ltbench.evidence``; this module only gathers the runs' arrays, lays out
-tables and draws figures; the selection-sensitivity section is ``ltbench.report_selection``.
+class's recall, and the collapse / convergence flags of ``ltbench.report.flags``. A majority-class
+row shows what "always predict the head" scores. The numbers come from ``ltbench.report.statistics``;
+this module only gathers the runs' arrays and lays out tables (figures: ``ltbench.report.figures``);
+the selection-sensitivity section is ``ltbench.report.selection``.
 
 :func:`best_tests` is the paired bootstrap behind the summary table's bold (best mean against the
 runner-up, per column). The cost table adds peak memory (``memory`` of each result: process
 ``ru_maxrss``, CUDA max allocated; "n/a" for results written before it was recorded).
-
-Figures: metric bars with error bars, per-class recall across methods (classes head → tail),
-reliability diagrams, training curves (validation Acc and Sen per epoch on one y-range per metric,
-one line per seed, the tested epoch marked, stage boundaries dotted).
 """
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,18 +20,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from tabulate import tabulate
 
-from ltbench import evidence as ev
 from ltbench.metrics import HEADLINE, HEADLINE_LABELS
-from ltbench.report_groups import class_labels, class_order
+from ltbench.report import statistics as ev
+from ltbench.report.figures import (metric_bars_figure, per_class_recall_figure, reliability_figure,
+                                    training_curves_figure)
+from ltbench.report.flags import flags_section, run_flags
+from ltbench.report.groups import class_order
+from ltbench.report.selection import selection_markdown
 
 SIGNIFICANCE = 0.05
 MAJORITY_ROW = "majority class"
-MIN_SUPPORT = 5  # zero recall is flagged on a class with at least this many test images
-WARN = " ⚠"  # after a flagged row's name in the summary
 
 
 @dataclass
@@ -143,132 +135,6 @@ def compute_evidence(runs: list[RunArrays], methods: Sequence[str], baseline: st
     if train_counts:
         out.majority = ev.majority_baseline(train_counts, labels)
     return out
-
-
-# ----------------------------------------------------------------------------- flags
-
-def _number(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _still_rising(result: dict) -> str | None:
-    """The tested epoch is the last of its stage (of ≥ 2 epochs) and the metric rose into it.
-
-    The metric is the run's ``select_metric`` (``sen`` under ``last``, which always tests the end).
-    A probe record (one closed-form fit, ``probe`` key) is a single evaluation: it cannot be rising.
-    """
-    history = [h for h in result.get("history") or [] if isinstance(h, dict)]
-    best = result.get("best_epoch")
-    at = next((k for k, h in enumerate(history) if h.get("epoch") == best), None)
-    if at is None or isinstance(history[at].get("probe"), dict):
-        return None
-    stage = history[at].get("stage")
-    if at + 1 < len(history) and history[at + 1].get("stage") == stage:
-        return None  # not the end of its stage
-    if at == 0 or history[at - 1].get("stage") != stage or isinstance(history[at - 1].get("probe"), dict):
-        return None  # a stage of one evaluation
-    rule = str(result.get("config", {}).get("select_metric", "acc"))
-    metric = "sen" if rule == "last" else rule
-    now = _number((history[at].get("val") or {}).get(metric))
-    before = _number((history[at - 1].get("val") or {}).get(metric))
-    if now is None or before is None or not now > before:
-        return None
-    where = f"stage {stage!r}" if stage is not None else "the run"
-    return (f"best epoch {best} is the last of {where} and validation {metric} was still rising "
-            f"({before:.2f} → {now:.2f}): the budget ended before it stopped improving")
-
-
-def _probe_flags(result: dict) -> list[str]:
-    out = []
-    for h in result.get("history") or []:
-        probe = h.get("probe") if isinstance(h, dict) else None
-        if isinstance(probe, dict) and probe.get("converged") is False:
-            def num(key: str, fmt: str = ".3g") -> str:
-                value = _number(probe.get(key))
-                return "?" if value is None else format(value, fmt)
-            out.append(f"classifier not converged (probe at epoch {h.get('epoch', '?')}: {num('iterations', '.0f')} "
-                       f"iterations, gradient {num('grad_norm')} > tolerance {num('tolerance')}, loss {num('loss')})")
-    return out
-
-
-def run_flags(result: dict, test_probs: np.ndarray | None = None) -> list[tuple[str, str]]:
-    """(short, detail) per reason to distrust a run, from its result file (``test_probs`` if no counts).
-
-    Robust to results that lack keys: a check whose inputs are absent is skipped.
-    """
-    flags: list[tuple[str, str]] = []
-    test = result.get("test") or {}
-    per = test.get("per_class") or {}
-    names = [str(n) for n in per.get("name") or []]
-    predicted = None
-    if test.get("confusion_matrix") is not None and names:
-        predicted = np.asarray(test["confusion_matrix"]).sum(axis=0) > 0
-    elif test_probs is not None and names:
-        predicted = np.isin(np.arange(len(names)), np.asarray(test_probs).argmax(axis=1))
-    if predicted is not None and predicted.sum() < len(names):
-        shown = [n for n, p in zip(names, predicted) if p]
-        never = [n for n, p in zip(names, predicted) if not p]
-        detail = ("predicts a single class on the test set (" + shown[0] + ")" if len(shown) == 1 else
-                  f"predicts {len(shown)} of {len(names)} classes on the test set (never {', '.join(never)})")
-        flags.append((f"{len(shown)} of {len(names)} classes predicted", detail))
-    recall, support = per.get("recall"), per.get("support")
-    if recall is not None and support is not None and len(recall) == len(names) == len(support):
-        zero = [f"{n} ({s} images)" for n, r, s in zip(names, recall, support)
-                if _number(r) == 0 and (_number(s) or 0) >= MIN_SUPPORT]
-        if zero:
-            flags.append((f"zero recall on {len(zero)} class{'es' * (len(zero) > 1)}",
-                          f"zero recall on {', '.join(zero)} (classes with ≥ {MIN_SUPPORT} test images)"))
-    rising = _still_rising(result)
-    if rising:
-        flags.append(("still rising", rising))
-    flags += [("classifier not converged", text) for text in _probe_flags(result)]
-    if result.get("best_epoch") == 0:
-        flags.append(("best epoch 0", "best validation epoch 0: training never improved on its first epoch"))
-    return flags
-
-
-def flagged_runs(results: Sequence[dict]) -> dict[tuple[str, int], list[tuple[str, str]]]:
-    """(method, seed) -> flags, for every flagged run."""
-    out = {}
-    for r in results:
-        found = run_flags(r)
-        if found:
-            out[(str(r["method"]), int(r["seed"]))] = found
-    return out
-
-
-def flag_marks(flagged: dict) -> dict[str, str]:
-    """Method -> the summary's mark after its name."""
-    return {m: WARN for m, _ in flagged}
-
-
-def flags_line(flagged: dict, methods: Sequence[str]) -> str:
-    """The line under the summary table: which runs are flagged and why, in short."""
-    parts = []
-    for m in [*methods, *sorted({mm for mm, _ in flagged} - set(methods))]:
-        seeds = sorted(s for mm, s in flagged if mm == m)
-        if seeds:
-            parts.append(f"{m} (" + "; ".join(f"seed {s}: " + ", ".join(short for short, _ in flagged[(m, s)])
-                                              for s in seeds) + ")")
-    return ("⚠ Collapsed or not converged: " + " · ".join(parts) +
-            ". Details: evidence.md, \"Collapse and convergence flags\".")
-
-
-def flags_section(results: Sequence[dict], methods: Sequence[str]) -> list[str]:
-    """Every flagged run with the details (all results, with or without saved probabilities)."""
-    flagged = flagged_runs(results)
-    lines = ["## Collapse and convergence flags", "",
-             f"A run is flagged (⚠ in the summary) when it predicts fewer than C classes on the test set, has "
-             f"zero recall on a class with at least {MIN_SUPPORT} test images, tested the last epoch of a stage "
-             "while the validation metric was still rising (the budget ended too early; a single-evaluation probe "
-             "stage cannot be rising), fitted a probe classifier that did not reach its tolerance, or never "
-             "improved on its first epoch.", ""]
-    if not flagged:
-        return lines + ["No run is flagged.", ""]
-    order = {m: k for k, m in enumerate(methods)}
-    for (m, seed) in sorted(flagged, key=lambda t: (order.get(t[0], len(order)), t[0], t[1])):
-        lines += [f"- **{m}** seed {seed}: " + "; ".join(detail for _, detail in flagged[(m, seed)])]
-    return lines + [""]
 
 
 def _run(runs: list[RunArrays], seed: int) -> RunArrays:
@@ -464,8 +330,6 @@ def evidence_markdown(evidence: Evidence, summary: pd.DataFrame, results: Sequen
                       grouping: str = "terciles of the training counts",
                       bold: str = "", run_dir: Path | None = None) -> str:
     """The whole ``evidence.md``; ``run_dir``: where the runs' NPZ are (the selection section's test passes)."""
-    from ltbench.report_selection import selection_markdown
-
     lines = ["# Evidence", ""]
     if evidence.missing:
         lines += [f"Runs without saved probabilities (left out here): {', '.join(evidence.missing)}.", ""]
@@ -558,150 +422,6 @@ def _run_file_sections(results: Sequence[dict], methods: Sequence[str], grouping
         cost_table(results, methods),
         "",
     ]
-
-
-# ----------------------------------------------------------------------------- figures
-
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    return buf.getvalue()
-
-
-def _grid(n: int, panel: tuple[float, float], max_cols: int = 4) -> tuple[Figure, list]:
-    cols = min(n, max_cols)
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(panel[0] * cols, panel[1] * rows), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = list(fig.subplots(rows, cols, squeeze=False).ravel())
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    return fig, axes[:n]
-
-
-def metric_bars_figure(summary: pd.DataFrame) -> bytes:
-    """One panel per headline metric: a bar per method, error bar = std over seeds."""
-    fig, axes = _grid(len(HEADLINE), (0.5 * len(summary) + 2.0, 3.2), max_cols=3)
-    for ax, k in zip(axes, HEADLINE):
-        means = summary[f"{k}_mean"].to_numpy()
-        stds = np.nan_to_num(summary[f"{k}_std"].to_numpy())
-        ax.bar(range(len(summary)), means, yerr=stds, capsize=3, color="#4c72b0")
-        ax.set_xticks(range(len(summary)), summary["method"], rotation=60, ha="right", fontsize=8)
-        finite = means[np.isfinite(means)]
-        low = max(0.0, float(np.min(finite - 5))) if finite.size else 0.0
-        ax.set_ylim(low, 100)
-        ax.set_title(f"{HEADLINE_LABELS[k]} (%)")
-    return _png(fig)
-
-
-def per_class_recall_fig(results: Sequence[dict], methods: Sequence[str]) -> Figure:
-    """Heat map: mean test recall per method (rows) and class (columns, the report's head → tail order)."""
-    import seaborn as sns
-
-    order = class_order(results)
-    matrix = np.array([[np.mean([r["test"]["per_class"]["recall"][i] for r in results if r["method"] == m])
-                        for i in order] for m in methods])
-    fig = Figure(figsize=(max(4.5, 1.5 + 0.7 * len(order)), 1.2 + 0.4 * len(methods)), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    sns.heatmap(matrix, ax=ax, vmin=0, vmax=100, cmap="viridis", annot=True, fmt=".0f",
-                annot_kws={"fontsize": 7}, xticklabels=class_labels(results, order), yticklabels=list(methods),
-                cbar=False)
-    ax.set_xlabel("class (training images), head → tail")
-    ax.set_title("Test recall (%), mean over seeds")
-    ax.tick_params(axis="x", labelsize=7)
-    return fig
-
-
-def per_class_recall_figure(results: Sequence[dict], methods: Sequence[str]) -> bytes:
-    return _png(per_class_recall_fig(results, methods))
-
-
-def reliability_figure(runs: list[RunArrays], methods: Sequence[str]) -> bytes:
-    """Reliability diagram per method, seeds pooled: accuracy vs confidence per bin."""
-    fig, axes = _grid(len(methods), (2.6, 2.6))
-    centres = (np.arange(ev.ECE_BINS) + 0.5) / ev.ECE_BINS
-    for ax, m in zip(axes, methods):
-        mine = [r for r in runs if r.method == m]
-        labels = np.concatenate([r.test_labels for r in mine])
-        probs = np.concatenate([r.test_probs for r in mine])
-        bins = ev.reliability_bins(labels, probs)
-        acc = np.asarray(bins["accuracy"], dtype=float)
-        ax.bar(centres, np.nan_to_num(acc), width=1 / ev.ECE_BINS, edgecolor="black", linewidth=0.4)
-        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
-        ece = ev.expected_calibration_error(labels, probs)
-        ax.set_title(f"{m} (ECE {ece:.1f} %)", fontsize=9)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence", fontsize=8)
-        ax.set_ylabel("accuracy", fontsize=8)
-    return _png(fig)
-
-
-CURVE_METRICS = ("acc", "sen")  # validation Acc and balanced accuracy: what the checkpoint rules weigh
-
-
-def _curve(result: dict, metric: str) -> tuple[list[int], list[float]]:
-    history = [h for h in result.get("history") or [] if isinstance(h, dict) and isinstance(h.get("epoch"), int)]
-    values = [_number((h.get("val") or {}).get(metric)) for h in history]
-    return [h["epoch"] for h in history], [math.nan if v is None else v for v in values]
-
-
-def curve_limits(results: Sequence[dict], metric: str) -> tuple[float, float]:
-    """One y-range for every panel of ``metric``: the data's, widened to whole tens and at least 20 points."""
-    values = [v for r in results for v in _curve(r, metric)[1] if not math.isnan(v)]
-    if not values:
-        return 0.0, 100.0
-    low, high = 10 * math.floor(min(values) / 10), 10 * math.ceil(max(values) / 10)
-    while high - low < 20:
-        low, high = (low - 10, high) if low >= 10 else (low, high + 10)
-    return max(0.0, float(low)), min(100.0, float(high))
-
-
-def training_curves_fig(results: Sequence[dict], methods: Sequence[str]) -> Figure:
-    """Validation Acc and Sen per epoch: per method one panel per metric, one line per seed.
-
-    Every panel of a metric shares one y-range (:func:`curve_limits`), so a flat line looks flat and
-    methods compare at a glance; the tested epoch of each seed is a dot, stage boundaries are dotted.
-    """
-    cols = min(len(methods), 4)
-    blocks = math.ceil(len(methods) / cols)
-    fig = Figure(figsize=(2.9 * cols, 2.1 * len(CURVE_METRICS) * blocks), layout="constrained")
-    FigureCanvasAgg(fig)
-    grid = fig.subplots(len(CURVE_METRICS) * blocks, cols, squeeze=False)
-    limits = {metric: curve_limits([r for r in results if r["method"] in methods], metric) for metric in CURVE_METRICS}
-    for k, m in enumerate(methods):
-        block, col = divmod(k, cols)
-        runs = sorted((r for r in results if r["method"] == m), key=lambda r: r["seed"])
-        for row, metric in enumerate(CURVE_METRICS):
-            ax = grid[block * len(CURVE_METRICS) + row, col]
-            for r in runs:
-                epochs, values = _curve(r, metric)
-                line, = ax.plot(epochs, values, linewidth=1, label=f"seed {r['seed']}")
-                if r.get("best_epoch") in epochs:
-                    at = epochs.index(r["best_epoch"])
-                    ax.plot([epochs[at]], [values[at]], "o", color=line.get_color(), markersize=4)
-            if runs:
-                history = [h for h in runs[0].get("history") or [] if isinstance(h, dict)]
-                for before, after in zip(history, history[1:]):
-                    if before.get("stage") != after.get("stage") and isinstance(after.get("epoch"), int):
-                        ax.axvline(after["epoch"] - 0.5, color="grey", linestyle=":", linewidth=0.8)
-            ax.set_ylim(*limits[metric])
-            ax.set_title(f"{m}: val {HEADLINE_LABELS.get(metric, metric)}", fontsize=8)
-            ax.set_xlabel("epoch", fontsize=7)
-            ax.set_ylabel(f"{HEADLINE_LABELS.get(metric, metric)} (%)", fontsize=7)
-            ax.tick_params(labelsize=6)
-            if row == 0 and runs:
-                ax.legend(fontsize=5)
-    for k in range(len(methods), blocks * cols):
-        block, col = divmod(k, cols)
-        for row in range(len(CURVE_METRICS)):
-            grid[block * len(CURVE_METRICS) + row, col].set_visible(False)
-    return fig
-
-
-def training_curves_figure(results: Sequence[dict], methods: Sequence[str]) -> bytes:
-    return _png(training_curves_fig(results, methods))
 
 
 def gather_evidence(results: Sequence[dict], run_dir: Path, methods: Sequence[str],

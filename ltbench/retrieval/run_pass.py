@@ -19,10 +19,10 @@ stream are unchanged (docs/retrieval.md). Steps:
    redraws every table and figure without data or training.
 3. **Metrics** (:func:`metrics_from_arrays`) on the **stored** (float16-rounded) embeddings, so
    :func:`metrics_from_file` on the file gives exactly the numbers of the run's JSON:
-   :func:`ltbench.retrieval.retrieval_metrics` per space (cosine; Hamming for ``*_binary``), with
+   :func:`ltbench.retrieval.metrics.retrieval_metrics` per space (cosine; Hamming for ``*_binary``), with
    the query's own lesion left out of its ranking where lesion ids exist
    (``exclude_same_lesion``); for a space ``s`` with a companion ``s_binary``, the hashing paper's
-   :func:`ltbench.retrieval.p10_r4_macro` with the method's ``radius``/``top_k`` if its
+   :func:`ltbench.retrieval.metrics.p10_r4_macro` with the method's ``radius``/``top_k`` if its
    ``get_params()`` has them (read by name of the parameter, never of the method).
 
 Size: 2 bytes per value — ISIC 2019's 15,193 training images × 2,048-d ≈ 62 MB per space.
@@ -42,7 +42,7 @@ from torch import Tensor
 
 from ltbench.errors import LtbenchError
 from ltbench.fileio import atomic_write
-from ltbench.retrieval import p10_r4_macro, retrieval_metrics
+from ltbench.retrieval.metrics import p10_r4_macro, retrieval_metrics
 
 BINARY_SUFFIX = "_binary"  # spaces ranked by Hamming distance; every other space by cosine
 TOP_STORED = 5  # retrieved images kept per query (the example figure)
@@ -167,7 +167,7 @@ def metrics_from_arrays(arrays: Mapping[str, np.ndarray], num_classes: int, excl
 
     Returns space -> ``retrieval_metrics`` dict (with ``pr_curve`` and ``top``, the first
     :data:`TOP_STORED` database positions per query) plus, for a space with a ``*_binary``
-    companion and ``radius``/``top_k`` given, ``p10_r4`` (:func:`ltbench.retrieval.p10_r4_macro`).
+    companion and ``radius``/``top_k`` given, ``p10_r4`` (:func:`ltbench.retrieval.metrics.p10_r4_macro`).
     """
     q_labels, d_labels = arrays["query_labels"], arrays["database_labels"]
     has_groups = bool(np.any(arrays["query_groups"] != "")) and bool(np.any(arrays["database_groups"] != ""))

@@ -1,17 +1,13 @@
-"""Benchmark report: summary tables (Markdown, CSV, LaTeX), confusion-matrix figures and a README.
+"""The report's summary: loading the run results, the summary table (Markdown, CSV, LaTeX), its context.
 
 Issue 12: a best mean is bold only when a paired bootstrap separates it from the runner-up
-(``ltbench.report_evidence.best_tests``); confusion matrices come row-normalised (mean over seeds)
-and as counts (summed over seeds); head/medium/tail groups and published numbers come from the
-benchmark file (``report_groups``, ``report_references``; ``report_settings.json`` beside the runs).
+(``ltbench.report.evidence.best_tests``); confusion matrices come row-normalised (mean over seeds)
+and as counts (summed over seeds; the long CSV is here, the panels in ``ltbench.report.figures``).
 
-Input is the run result files (one JSON per method x seed, see ``load_results``). Every output is
-written atomically, and none contains a timestamp, so re-running on the same results gives the
-same bytes.
+Input is the run result files (one JSON per method x seed, see ``load_results``).
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -20,14 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from tabulate import tabulate
 
 from ltbench.errors import LtbenchError
-from ltbench.fileio import atomic_write
 from ltbench.metrics import GROUPS, HEADLINE, HEADLINE_LABELS
-from ltbench.report_retrieval import RETRIEVAL_FILES, retrieval_outputs
 
 GROUP_LABELS = {"head": "Head", "medium": "Medium", "tail": "Tail"}
 _LATEX_SPECIAL = {
@@ -399,111 +391,6 @@ def summed_confusion(results: list[dict], method: str) -> tuple[np.ndarray | Non
     return (np.sum(mats, axis=0) if mats else None), len(mats)
 
 
-# A grid never grows wider than this (inches): more methods wrap into more rows, panels shrink.
-MAX_FIGURE_WIDTH = 26.0
-
-
-def _grid_shape(n: int) -> tuple[int, int]:
-    """(rows, cols) of a panel grid: 3 columns up to 9 panels, then up to 5 (14 methods: 3 × 5)."""
-    ncols = min(n, 3 if n <= 9 else 5)
-    return math.ceil(n / ncols), ncols
-
-
-def _panel_layout(n_panels: int, class_names: Sequence[str]) -> tuple[float, float, int]:
-    """(side, margin, font) of the square confusion panels of a grid of ``n_panels``, in inches/points.
-
-    A panel holds the matrix plus room for its rotated class names, axis labels and title; it
-    shrinks (and its font with it) so that a grid is never wider than ``MAX_FIGURE_WIDTH``.
-    """
-    ncols = _grid_shape(n_panels)[1]
-    longest = max((len(str(n)) for n in class_names), default=1)
-    for font in (8, 7, 6, 5):
-        margin = 0.45 + 0.75 * longest * font * 0.6 / 72
-        side = min(margin + 0.4 + (0.6 if font >= 7 else 0.45) * len(class_names), MAX_FIGURE_WIDTH / ncols)
-        if (side - margin - 0.4) / max(len(class_names), 1) >= 0.045 * font:  # a cell holds "0.00"
-            break
-    return side, margin, font
-
-
-PANEL_DPI = 120
-
-
-def panel_figure(title: str, mat: np.ndarray, labels: np.ndarray | None, class_names: Sequence[str],
-                 layout: tuple[float, float, int]) -> Figure:
-    """One confusion panel (Agg canvas, no pyplot state); ``mat``/``class_names`` already in the report's
-    class order (head → tail), which the axis titles say."""
-    side, margin, font = layout
-    fig = Figure(figsize=(side, side), dpi=PANEL_DPI)
-    FigureCanvasAgg(fig)
-    box = side - margin - 0.4
-    ax = fig.add_axes([margin / side, (side - 0.4 - box) / side, box / side, box / side])
-    _heatmap(ax, mat, labels, class_names, font)
-    ax.set_title(title, fontsize=font + 1)
-    ax.set_xlabel("Predicted (head → tail)", fontsize=font + 1)
-    ax.set_ylabel("True (head → tail)", fontsize=font + 1)
-    ax.tick_params(axis="both", labelsize=font)
-    return fig
-
-
-def _render_panel(title: str, mat: np.ndarray, labels: np.ndarray | None, class_names: Sequence[str],
-                  layout: tuple[float, float, int]) -> np.ndarray:
-    """One confusion panel (:func:`panel_figure`) as an RGBA pixel array.
-
-    Panels are drawn once and pasted into the grids and per-method figures: matplotlib's text
-    layout is the cost (one text per cell), and constrained layout measured every text again.
-    """
-    fig = panel_figure(title, mat, labels, class_names, layout)
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba()).copy()
-
-
-def _compose(images: Sequence[np.ndarray], ncols: int) -> bytes:
-    """PNG bytes of equally sized panel images in rows of ``ncols`` (white where a row is short)."""
-    from PIL import Image
-
-    h, w = images[0].shape[:2]
-    ncols = min(ncols, len(images))
-    nrows = math.ceil(len(images) / ncols)
-    sheet = np.full((nrows * h, ncols * w, 4), 255, dtype=np.uint8)
-    for k, image in enumerate(images):
-        r, c = divmod(k, ncols)
-        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = image
-    buf = io.BytesIO()
-    Image.fromarray(sheet[..., :3]).save(buf, format="PNG", dpi=(PANEL_DPI, PANEL_DPI))
-    return buf.getvalue()
-
-
-def _confusion_figure(panels: list[tuple[str, np.ndarray]], class_names: list[str],
-                      counts: Sequence[np.ndarray | None] | None = None) -> bytes:
-    """PNG bytes of one heatmap panel per (title, row-normalised matrix), wrapped into rows.
-
-    With ``counts`` the cells are coloured by the normalised value and labelled with the counts.
-    """
-    layout = _panel_layout(len(panels), class_names)
-    images = [_render_panel(title, mat, counts[k] if counts is not None else None, class_names, layout)
-              for k, (title, mat) in enumerate(panels)]
-    return _compose(images, _grid_shape(len(panels))[1])
-
-
-def _heatmap(ax, mat: np.ndarray, labels: np.ndarray | None, class_names: Sequence[str], font: int) -> None:
-    """A confusion heat map: colour = ``mat`` on [0, 1], text = ``labels`` (counts) or the value.
-
-    Drawn with ``imshow`` and one text per cell: ``seaborn.heatmap`` redraws the whole figure for
-    every panel to pick its text colours, which made a grid of 14 methods take most of a minute.
-    """
-    mat = np.asarray(mat, dtype=float)
-    ax.imshow(mat, cmap="Blues", vmin=0.0, vmax=1.0, aspect="equal", interpolation="nearest")
-    for (i, j), value in np.ndenumerate(mat):
-        text = f"{int(labels[i, j])}" if labels is not None else f"{value:.2f}"
-        ax.text(j, i, text, ha="center", va="center", fontsize=font,
-                color="white" if value > 0.6 else "black")
-    ticks = range(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(ticks, class_names)
-    ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-
 
 def confusion_counts_csv(results: list[dict], methods: Sequence[str], class_names: list[str],
                          order: Sequence[int] | None = None) -> str:
@@ -526,199 +413,3 @@ def confusion_counts_csv(results: list[dict], methods: Sequence[str], class_name
                              "normalized_mean": float(norm[i, j])})
     frame = pd.DataFrame(rows, columns=["method", "true", "predicted", "count", "seeds", "normalized_mean"])
     return frame.to_csv(index=False, lineterminator="\n")
-
-
-def _safe_filename(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-# ----------------------------------------------------------------------------- writing
-
-def write_report(results: list[dict], out_dir: Path, order: Sequence[str] | None = None,
-                 run_dir: Path | None = None, baseline: str | None = "ce", failures: Sequence[dict] = (),
-                 stale: Sequence[dict] = (), references: dict | None = None,
-                 groups: dict | None = None) -> dict[str, Path]:
-    """Write summary.{md,csv,tex}, confusion figures (normalised and counts), the evidence
-    (``evidence.md``, calibration, metric bars, per-class recall, reliability diagrams, training
-    curves; computed from the runs' saved probabilities under ``run_dir``, default ``out_dir/runs``),
-    the published-number comparison (``references.{md,csv}``) and README.md.
-
-    ``baseline`` is the method the paired tests compare against (skipped when absent).
-    ``failures`` (failure records of ``ltbench.runs``) appear in their method's row of the tables;
-    ``stale`` (results of another configuration) are listed below the table, never averaged.
-    ``references`` / ``groups``: the benchmark file's (``ltbench.report_references``,
-    ``ltbench.report_groups``); when both are None they are read from ``report_settings.json``
-    beside the runs (written by the bench), if any. Returns file name -> path.
-    """
-    from ltbench.report_evidence import (best_tests, best_tests_markdown, evidence_outputs, flag_marks, flagged_runs,
-                                         flags_line, gather_evidence)
-    from ltbench.report_groups import apply_groups, class_order, resolve
-    from ltbench.report_references import compare, read_settings, references_markdown
-    from ltbench.recipes import recipe_lines
-    from ltbench.tuning import read_tuning, tuning_evidence, tuning_summary
-
-    out_dir = Path(out_dir)
-    run_dir = Path(run_dir) if run_dir else out_dir / "runs"
-    if references is None and groups is None:
-        references, groups = read_settings(run_dir.parent, out_dir)
-    spec, grouping = resolve(groups, results)  # groups: > stored group_sizes > the dataset's literature > terciles
-    results = apply_groups(results, spec)
-    summary = summarize(results, order)
-    ctx = _context(results)
-    ctx["groups"] = grouping
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-
-    def put(name: str, data: str | bytes) -> None:
-        written[name] = atomic_write(out_dir / name, data)
-
-    methods = list(summary["method"])
-    gathered = gather_evidence(results, run_dir, methods, baseline)
-    keys = [k for k, _ in _columns(summary)]
-    tests = best_tests(gathered[0], summary, keys, results)
-    bold_rows = {k: {t.best} for k, t in tests.items() if t.significant}
-
-    shown = with_failures(summary, failures, order)  # the tables; figures and evidence use finished runs
-    flagged = flagged_runs(results)  # collapse and non-convergence (issue 20 item 4)
-    notes = "\n".join([*stale_lines(stale), *([flags_line(flagged, methods)] if flagged else [])])
-    table = markdown_table(shown, bold_rows, marks=flag_marks(flagged)) + ("\n\n" + notes.rstrip("\n") if notes else "")
-    tuning = read_tuning(run_dir.parent)  # the bench's tuning.json (ltbench/tuning.py), if it tuned
-    protocol_notes = recipe_lines(results) + (tuning_summary(tuning) if tuning else [])
-    if protocol_notes:  # which rows ran a paper recipe, which settings tuning chose (issue 20)
-        table += "\n\n" + "\n".join(protocol_notes).rstrip("\n")
-    put("summary.md", f"{_header_line(ctx)}\n\n{table}\n\n{BOLD_RULE}\n")
-    put("summary.csv", shown.to_csv(index=False, lineterminator="\n"))
-    put("summary.tex", latex_table(shown, bold_rows))
-
-    stored_names = [str(n) for n in results[0]["test"]["per_class"]["name"]]
-    classes = class_order(results)  # one class order, head -> tail, in every table and figure
-    class_names = [stored_names[i] for i in classes]
-    reorder = np.ix_(classes, classes)
-    panels = [(f"{m} (n={int(n)})", mean_confusion(results, m)[reorder])
-              for m, n in zip(summary["method"], summary["n_seeds"])]
-    layout = _panel_layout(len(panels), class_names)  # every panel drawn once, pasted where it is shown
-    normalised = [_render_panel(title, mat, None, class_names, layout) for title, mat in panels]
-    ncols = _grid_shape(len(panels))[1]
-    put("confusion_matrices.png", _compose(normalised, ncols))
-    summed = [(total[reorder] if total is not None else None, n)
-              for total, n in (summed_confusion(results, m) for m in methods)]
-    counted = {m: _render_panel(f"{m} (counts, {n} seed{'s' * (n != 1)})", mat, total, class_names, layout)
-               for m, (_, mat), (total, n) in zip(methods, panels, summed) if total is not None}
-    with_counts = bool(counted)
-    if counted:
-        put("confusion_counts.png", _compose(list(counted.values()), _grid_shape(len(counted))[1]))
-        put("confusion_counts.csv", confusion_counts_csv(results, methods, stored_names, classes))
-    no_counts = [m for m in methods if m not in counted]
-    per_method = []
-    for method, image in zip(methods, normalised):
-        name = f"confusion_{_safe_filename(method)}.png"
-        # the normalised matrix and, beside it, the counts summed over seeds
-        put(name, _compose([image, counted[method]] if method in counted else [image], 2))
-        per_method.append((method, name))
-
-    evidence = evidence_outputs(results, run_dir, summary, methods, baseline, gathered=gathered,
-                                grouping=ctx["groups"], bold=best_tests_markdown(tests, dict(_columns(summary))))
-    index = {n: i for i, n in enumerate(stored_names)}  # the report's groups, also for the retrieval columns
-    retrieval_groups = {g: [index[n] for n in members if n in index]
-                        for g, members in (results[0]["test"].get("groups") or {}).items()} or None
-    evidence.update(retrieval_outputs(results, run_dir, methods, groups=retrieval_groups,
-                                      grouping=grouping))  # retrieval tables/figures, if the runs have them
-    if tuning and "evidence.md" in evidence:
-        evidence["evidence.md"] = evidence["evidence.md"].rstrip("\n") + "\n\n" + "\n".join(tuning_evidence(tuning))
-    for name, content in evidence.items():
-        put(name, content)
-    reference_text = ""
-    if references is not None:
-        compared = compare(references, summary)
-        reference_text = references_markdown(references, compared)
-        put("references.md", f"# Published numbers\n\n{_header_line(ctx)}\n\n{reference_text}")
-        put("references.csv", compared.to_csv(index=False, lineterminator="\n"))
-    put("README.md", _readme(ctx, table, per_method, sorted(evidence), with_counts=with_counts,
-                             no_counts=no_counts, references=reference_text))
-    return written
-
-
-BOLD_RULE = ("Bold: a column's best mean, only when a paired bootstrap over the test images (seeds pooled) "
-             "separates it from the runner-up at p < 0.05 (details: evidence.md).")
-
-_EVIDENCE_FILES = {
-    "evidence.md": "95 % bootstrap intervals, paired tests against the baseline (Holm), calibration, collapse and "
-                   "convergence flags, selection sensitivity (acc / sen / f1 / last), "
-                   "the tests behind the bold, per-class and cost tables",
-    "calibration.csv": "ECE, NLL, Brier, worst-class recall and best epoch per run",
-    "metrics.png": "headline metrics per method, error bars = std over seeds",
-    "per_class_recall.png": "test recall per method and class, classes head → tail",
-    "reliability.png": "reliability diagrams, seeds pooled",
-    "training_curves.png": "validation Acc and Sen per epoch (shared axes per metric), one line per seed, "
-                           "the tested epoch marked",
-    **RETRIEVAL_FILES,
-}
-
-
-def _readme(ctx: dict[str, str], table: str, per_method: list[tuple[str, str]],
-            evidence: Sequence[str] = (), with_counts: bool = False, no_counts: Sequence[str] = (),
-            references: str = "") -> str:
-    lines = [
-        f"# ltbench report: {ctx['dataset']}",
-        "",
-        f"- Dataset: {ctx['dataset']}",
-        f"- Split: {ctx['split_kind']} (hash `{ctx['split_hash']}`; the bench writes it to `split.csv`)",
-        f"- Lesion leak: {ctx.get('leak', '?')}",
-        f"- Backbone: {ctx['backbone']} (pretrained: {ctx['pretrained']}), image size {ctx['image_size']}, "
-        f"epochs {ctx['epochs']}, batch {ctx['batch_size']}, lr {ctx['lr']}, "
-        f"checkpoint: {ctx.get('selection', ctx['select_metric'])}",
-        f"- Seeds: {ctx['seeds']} ({ctx['runs']} runs)",
-        f"- Head / medium / tail: {ctx.get('groups', '?')}",
-        "",
-        "Test-set metrics in percent, mean ± sample std over seeds. " + BOLD_RULE,
-        "",
-        table,
-        "",
-    ]
-    if references:
-        lines += ["## Published numbers", "", references, "Also as [references.md](references.md) and "
-                  "[references.csv](references.csv).", ""]
-    lines += [
-        "## Files",
-        "",
-        "- [summary.md](summary.md): the table above",
-        "- [summary.csv](summary.csv): the same numbers, unrounded",
-        "- [summary.tex](summary.tex): LaTeX booktabs table",
-        "- [confusion_matrices.png](confusion_matrices.png): all methods, row-normalised",
-    ]
-    if with_counts:
-        lines += ["- [confusion_counts.png](confusion_counts.png): all methods, counts summed over seeds",
-                  "- [confusion_counts.csv](confusion_counts.csv): counts summed over seeds and the "
-                  "normalised means, per method, true and predicted class"]
-    lines += [f"- [{name}]({name}): {method}, normalised" + (" and counts" if with_counts and method not in no_counts
-                                                                else "")
-              for method, name in per_method]
-    if references:
-        lines += ["- [references.md](references.md): paper / ltbench / difference",
-                  "- [references.csv](references.csv): the same, unrounded"]
-    lines += [f"- [{name}]({name}): {_EVIDENCE_FILES.get(name, name)}" for name in evidence]
-    lines += [
-        "",
-        "## Confusion matrices",
-        "",
-        "Row-normalised (true class on y, predicted class on x; classes head → tail by training count on both "
-        "axes, as in every table and figure of this report), averaged over seeds.",
-        "",
-        "![Confusion matrices](confusion_matrices.png)",
-        "",
-    ]
-    if with_counts:
-        lines += ["Counts: each cell is the number of test images, summed over the seeds (a test image is "
-                  "counted once per seed); colour = the row-normalised mean above.", "",
-                  "![Confusion counts](confusion_counts.png)", ""]
-    if no_counts:
-        lines += [f"No counts stored (results of an older version): {', '.join(no_counts)}.", ""]
-    if "evidence.md" in evidence:
-        lines += ["## Evidence", "",
-                  "Confidence intervals, paired tests against the baseline, calibration, collapse and convergence "
-                  "flags, and what each checkpoint rule would have tested: "
-                  "[evidence.md](evidence.md).", ""]
-        lines += [f"![{name}]({name})\n" for name in
-                  ("metrics.png", "per_class_recall.png", "reliability.png", "training_curves.png")
-                  if name in evidence]
-    return "\n".join(lines)

@@ -104,7 +104,7 @@ def write_settings(out_dir: Path, references: dict | None, groups: dict | None) 
 
 def read_settings(*folders: Path | None) -> tuple[dict | None, dict | None]:
     """References and groups from the first ``report_settings.json`` found in ``folders``."""
-    from ltbench.report_groups import parse_groups
+    from ltbench.report.groups import parse_groups
 
     for folder in folders:
         if folder is None:

@@ -1,6 +1,6 @@
 """The report's retrieval section: tables and figures from the runs' retrieval results.
 
-Input: the result files' ``"retrieval"`` sections (metrics computed by ``ltbench.retrieval_pass``
+Input: the result files' ``"retrieval"`` sections (metrics computed by ``ltbench.retrieval.run_pass``
 on the stored float16 embeddings) and, for the curves and the example queries, the embedding
 files beside them (``runs/<row>/seed<k>.emb.npz``). Nothing is trained, no pixel is read: the
 example thumbnails travel in the embedding file. Runs without retrieval results (finished before
@@ -10,9 +10,9 @@ Outputs (only when at least one run has retrieval results): ``retrieval.md`` (pr
 per aggregation, the runs without results), ``retrieval.csv`` (unrounded), ``retrieval_per_class.png``
 (per-class mAP@all heat map, classes in the report's head → tail order), ``retrieval_pr.png`` (precision–recall by rank,
 ``feature`` space, one line per method) and ``retrieval_examples_<row>.png`` (query + its top-5
-training images, hits and misses marked). Deterministic bytes, like ``ltbench.report``.
-Head / medium / tail mAP follow the report's grouping (``ltbench.report_groups``) when it passes one;
-the kNN columns are titled with the k the runs used (``ltbench.retrieval.knn_k_for``).
+training images, hits and misses marked). Deterministic bytes, like the rest of ``ltbench.report``.
+Head / medium / tail mAP follow the report's grouping (``ltbench.report.groups``) when it passes one;
+the kNN columns are titled with the k the runs used (``ltbench.retrieval.metrics.knn_k_for``).
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
-from ltbench.report_groups import class_labels, class_order
+from ltbench.report.groups import class_labels, class_order
+from ltbench.report.summary import leak_text
 
 #: File name -> description, for the report README's file list.
 RETRIEVAL_FILES = {
@@ -346,7 +347,6 @@ def _markdown(results, with_retrieval, summary, examples, unreadable, has_pr, gr
                        for r in with_retrieval})
     dataset = str(results[0].get("dataset", {}).get("name", "?"))
     leak = results[0].get("split", {}).get("lesion_leak")
-    from ltbench.report import leak_text  # lazily: ltbench.report imports this module
 
     lines = [
         f"# Retrieval: {dataset}", "",

@@ -1,4 +1,7 @@
-"""Shared fixtures: where the real ISIC data lives (../shared/data or $LTBENCH_SHARED_DATA)."""
+"""Shared fixtures: where the real ISIC data lives (../shared/data or $LTBENCH_SHARED_DATA).
+
+Suite rule (tests/README.md): exact float equality only between two computations on the same
+machine; a value recorded elsewhere gets a tolerance, with its reason beside it."""
 from __future__ import annotations
 
 import os

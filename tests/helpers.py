@@ -20,6 +20,15 @@ def cpu_config(**overrides) -> TrainConfig:
     return TrainConfig(**{**base, **overrides})
 
 
+def torchvision_resizes_uint8_natively() -> bool:
+    """Whether torchvision resizes a uint8 image with torch's uint8 kernel, as ltbench's CPU presets do:
+    on AVX2/AVX-512 x86 and on ARM. On other x86 CPUs (and under ATEN_CPU_CAPABILITY=default) it
+    resizes in float32 and rounds back: up to one uint8 level apart (its _do_native_uint8_resize_on_cpu)."""
+    import platform
+
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
+
+
 def float64_logits(seed: int = 0, b: int = 6, c: int = 4, absent: int | None = None) -> tuple:
     """Seeded float64 logits B×C (requiring grad) and labels; ``absent``: a class no label has."""
     g = torch.Generator().manual_seed(seed)

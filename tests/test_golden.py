@@ -197,6 +197,7 @@ def test_the_golden_script_runs_each_tree_on_its_own_code(tmp_path):
     export = Path(paths[0]).parents[1]
     assert "ltbench-golden-" in str(export) and not export.is_relative_to(REPO), proc.stdout
     assert paths[1] == str(export / "ltbench" / "methods" / "ce.py"), proc.stdout
+    assert f"protocol from {export / 'tests' / 'test_golden.py'}" in proc.stdout  # its own protocol
     assert paths[2:] == [str(REPO / "ltbench" / "__init__.py"), str(REPO / "methods" / "ce.py")], proc.stdout
     bad = subprocess.run([*script, "--base", "no-such-rev"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip() == f"golden: --base no-such-rev: not a commit of {REPO}"

@@ -93,6 +93,66 @@ def macro_micro(values, labels, num_classes):
     return 100 * np.nanmean(per_class), 100 * values.mean(), per_class
 
 
+# ----------------------------------------------------------------------------- ties and rounding
+# A float32 distance carries rounding error whose sign depends on the kernel (vector width, FMA,
+# summation order; issue 25: [0.9]*8 and [0.8]*8 "tied" differently on another CPU). Items whose exact
+# distances to a query differ by less than that error may be ranked either way, here, on another CPU
+# or in the float64 loops above. So the tests' data has exact ties only where every summation order
+# gives bit-equal distances (``exact_tie``: identical vectors, power-of-two multiples, axis vectors of
+# one sign), and otherwise no two items of different labels closer than the error bound (checked below).
+
+def float32_error_bound(dim: int) -> float:
+    """Worst-case error of a float32 cosine distance of dim-vectors: (2·dim + 5)·u, u = 2⁻²⁴ (norms,
+    dot product, division, 1 − x; any summation order, with or without FMA)."""
+    return (2 * dim + 5) * 2.0 ** -24
+
+
+def exact_tie(x, y) -> bool:
+    """x and y are at bit-equal float32 cosine distances from any query, whatever the kernel: y = 2^k·x
+    (a power of two commutes with every rounding), or both on one axis with one sign (normalised, both
+    are exactly ±e_i; p10_r4_macro, which does not normalise first, needs the first kind)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    nz = np.flatnonzero(x)
+    if nz.size == 0 or not np.array_equal(nz, np.flatnonzero(y)):
+        return False
+    if nz.size == 1:
+        return bool(np.sign(x[nz]) == np.sign(y[nz]))
+    ratio = y[nz] / x[nz]  # float32 inputs: exactly 2^k in float64 only if y = 2^k·x exactly
+    return bool((ratio == ratio[0]).all() and np.frexp(ratio[0])[0] == 0.5)
+
+
+def rounding_dependent_pairs(queries, database, labels) -> list[tuple]:
+    """(query, row, row, gap): items of different labels whose float64 cosine distances to a query are
+    closer than twice the float32 error bound and that are no ``exact_tie`` (nor both, like the query,
+    axis vectors: distances exactly 0, 1 or 2): their order would depend on rounding."""
+    q, d = np.asarray(queries, np.float64), np.asarray(database, np.float64)
+    dist = 1.0 - (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (d / np.linalg.norm(d, axis=1, keepdims=True)).T
+    limit = 2 * float32_error_bound(d.shape[1])
+    q_axis, d_axis = np.count_nonzero(q, axis=1) == 1, np.count_nonzero(d, axis=1) == 1
+    out = []
+    for i, row in enumerate(dist):
+        order = np.argsort(row, kind="stable")
+        ranked = row[order]
+        ends = np.searchsorted(ranked, ranked + limit, side="left")  # items closer than the limit
+        for p, end in enumerate(ends):
+            for r in range(p + 1, end):
+                a, b = order[p], order[r]
+                exact = q_axis[i] and d_axis[a] and d_axis[b]
+                if labels[a] != labels[b] and not exact and not exact_tie(database[a], database[b]):
+                    out.append((i, int(a), int(b), float(ranked[r] - ranked[p])))
+    return out
+
+
+def test_the_tie_check_finds_the_rounding_dependent_tie_of_issue_25():
+    # All parallel to the query: cosine distance 0 for each, but only 0.8 and 1.6 = 2 x 0.8 tie exactly.
+    db, labels, query = np.array([[0.9] * 8, [0.8] * 8, [1.6] * 8], np.float32), [0, 1, 0], np.array([[0.7] * 8], np.float32)
+    assert exact_tie(db[1], db[2]) and not exact_tie(db[0], db[1]) and not exact_tie(db[0], 3 * db[0])
+    assert exact_tie([0, -3, 0], [0, -1, 0]) and not exact_tie([0, -3, 0], [0, 1, 0])
+    assert {tuple(sorted(p[1:3])) for p in rounding_dependent_pairs(query, db, labels)} == {(0, 1)}
+    assert rounding_dependent_pairs(query, db[1:], labels[1:]) == []
+    assert rounding_dependent_pairs(query, db, [0, 0, 0]) == []  # same labels: the order changes nothing
+
+
 # ----------------------------------------------------------------------------- hand-built tables
 
 def test_hand_computed_ranking_with_ties_and_the_last_item():
@@ -126,6 +186,8 @@ def test_every_metric_matches_the_naive_loops(metric):
     d_labels = rng.choice(3, p=[0.6, 0.3, 0.1], size=260)  # class 3 never in the database
     q_labels = rng.integers(0, num_classes, size=30)
     q_labels[0] = 3  # a query with no relevant item
+    if metric == "cosine":  # (Hamming distances are small integers: exact)
+        assert rounding_dependent_pairs(queries, db, d_labels) == []
     out = retrieval_metrics(queries, q_labels, db, d_labels, num_classes, metric=metric, chunk_size=7)
     counts = np.bincount(d_labels, minlength=num_classes)
     knn_k = min(200, max(1, math.floor(0.15 * min(n for n in counts if n))))  # the smallest present class
@@ -154,6 +216,7 @@ def test_chunked_equals_unchunked_and_torch_equals_numpy():
     rng = np.random.default_rng(2)
     db, q = rng.normal(size=(120, 8)).astype(np.float32), rng.normal(size=(33, 8)).astype(np.float32)
     dl, ql = rng.integers(0, 3, 120), rng.integers(0, 3, 33)
+    assert rounding_dependent_pairs(q, db, dl) == []  # chunks are other matrix shapes: other roundings
     whole = retrieval_metrics(q, ql, db, dl, 3, chunk_size=10_000, keep_top=5)
     for chunk in (1, 4, 32):
         assert same(retrieval_metrics(q, ql, db, dl, 3, chunk_size=chunk, keep_top=5), whole), chunk
@@ -167,6 +230,7 @@ def test_same_lesion_images_are_left_out_of_the_query_ranking():
     db[7] = q[0]  # the query's own lesion is its nearest and relevant neighbour
     dl, ql = rng.integers(0, 2, 40), rng.integers(0, 2, 6)
     dl[7] = ql[0]
+    assert rounding_dependent_pairs(q, db, dl) == []
     d_groups = [f"L{j}" for j in range(40)]
     d_groups[9] = None
     q_groups = ["L7", None, float("nan"), "Lq", "L9x", ""]
@@ -232,20 +296,26 @@ def naive_p10_r4(qu, qb, ql, du, dbin, dl, num_classes, radius=4, top=10):
 
 
 def test_p10_r4_macro_on_a_hand_built_code_table():
-    bits = 8
-    du = np.array([[0.9] * 8, [0.9] * 8, [0.8] * 8, [0.1] * 8, [0.9] * 7 + [0.1]], dtype=np.float32)
+    # Continuous codes in eighths: every product and sum is exact in float32, and rows 0, 1 and 2 (= 2 x row 0)
+    # are exact ties for any query, so the tie order below is the same on every CPU; no other two distances
+    # are within rounding of each other. Binary codes: rows 0-2 ++++++++, row 3 +-------, row 4 +++++++-.
+    du = np.array([[0.875] * 8, [0.875] * 8, [1.75] * 8, [0.625] + [0.25] * 3 + [0.125] * 4, [0.875] * 7 + [0.125]],
+                  dtype=np.float32)
     dl = [1, 0, 0, 1, 1]
-    qu = np.array([[0.7] * 8, [0.2] * 8, [0.6] * 4 + [0.4] * 4], dtype=np.float32)
+    qu = np.array([[0.75] * 8, [0.25] * 8, [0.625] * 4 + [0.375] * 4], dtype=np.float32)  # ++++++++, --------, ++++----
     ql = [0, 0, 1]
+    assert exact_tie(du[0], du[1]) and exact_tie(du[0], du[2]) and rounding_dependent_pairs(qu, du, dl) == []
     sign = lambda u: np.sign(u - 0.5)
     out = p10_r4_macro(qu, sign(qu), ql, du, sign(du), dl, num_classes=2, radius=4)
-    # Query 0: candidates 0, 1, 2 (distance 0) and 4 (Hamming 1); 0, 1, 2 tie at cosine 0 -> index order;
-    #          relevant: 1, 2 -> precision 2/4, first hit at rank 2.
-    # Query 1: code all -1: only database row 3 (class 1) is in the radius-4 ball -> precision 0, RR 0.
-    # Query 2: code ++++----: Hamming 4 from rows 0-3, 3 from row 4; cosine puts 4 then 0, 1, 2 (ties) then 3.
-    # The per-class: class 0 = mean(0.5, 0), class 1 = query 2.
-    assert out["per_class"]["precision"][0] == pytest.approx(25.0)
-    assert out["per_class"]["rr"][0] == pytest.approx(25.0)
+    # Query 0: candidates 0, 1, 2 (Hamming 0) and 4 (Hamming 1); 0, 1, 2 tie at cosine 0 -> index order, then 4;
+    #          relevant (class 0): 1, 2 -> precision 2/4, first hit at rank 2 (rank 1 if the tie went 1 first).
+    # Query 1: only row 3 (Hamming 1, class 1) is in the radius-4 ball -> precision 0, RR 0.
+    # Query 2: Hamming 4 from rows 0-2, 3 from row 3 and row 4; cosine ranks 0, 1, 2 (tie), 4, 3;
+    #          relevant (class 1): 0, 4, 3 -> precision 3/5, RR 1 (1/3 if the tie went 2, 1, 0).
+    assert out["per_class"]["precision"] == pytest.approx([100 * (2 / 4 + 0) / 2, 100 * 3 / 5])
+    assert out["per_class"]["rr"] == pytest.approx([100 * (1 / 2 + 0) / 2, 100.0])
+    assert (out["p10_r4_macro"], out["mrr_r4_macro"], out["p10_r4_micro"]) == pytest.approx(
+        (100 * (0.25 + 0.6) / 2, 100 * (0.25 + 1.0) / 2, 100 * (0.5 + 0 + 0.6) / 3))
     ref = naive_p10_r4(qu, sign(qu), ql, du, sign(du), dl, 2)
     assert (out["p10_r4_macro"], out["mrr_r4_macro"], out["p10_r4_micro"]) == pytest.approx(ref)
     # An empty ball: radius 0 for a query whose code is in no bucket.
@@ -255,14 +325,16 @@ def test_p10_r4_macro_on_a_hand_built_code_table():
 
 
 def test_p10_r4_macro_matches_the_loop_on_random_codes():
-    rng = np.random.default_rng(4)
-    # Distinct directions, exact duplicate rows (cosine ties), and components exactly 0.5 (code 0).
-    du = rng.uniform(0.05, 0.95, size=(150, 6)).astype(np.float32)
+    rng = np.random.default_rng(7)  # a seed whose codes have no rounding-dependent near tie (asserted)
+    # Distinct directions, exact duplicate rows (cosine ties), and components exactly 0.5 (code 0). In
+    # 1024ths: dot products and norms are exact in float32, so duplicates tie in any summation order.
+    du = (rng.integers(51, 974, size=(150, 6)) / 1024).astype(np.float32)
     du[100:] = du[rng.integers(0, 100, 50)]
     du[rng.random(du.shape) < 0.05] = 0.5
-    qu = rng.uniform(0.05, 0.95, size=(25, 6)).astype(np.float32)
+    qu = (rng.integers(51, 974, size=(25, 6)) / 1024).astype(np.float32)
     qu[rng.random(qu.shape) < 0.05] = 0.5
     dl, ql = rng.integers(0, 3, 150), rng.integers(0, 3, 25)
+    assert rounding_dependent_pairs(qu, du, dl) == []
     sign = lambda u: np.sign(u - 0.5)
     for radius in (0, 2, 4):
         out = p10_r4_macro(qu, sign(qu), ql, du, sign(du), dl, 3, radius=radius, chunk_size=4)

@@ -10,8 +10,9 @@ reads the cache back once, then trains the runs the parent hands it one at a tim
 bench, so two launches (or a sequential bench) on one folder never train the same run, and an
 interrupted launch resumes. A run that fails is recorded and the worker goes on; a worker that
 dies (killed, out of memory) loses only its current run, reported with the worker's log, and is
-replaced. Each worker's stdout and stderr (warnings, tracebacks, one line per run) go to
-``<out>/logs/worker<k>.log`` (appended across launches).
+replaced. A worker exits as soon as the bench that started it dies, even by SIGKILL
+(:func:`exit_with_parent`), so no orphan trains on. Each worker's stdout and stderr (warnings,
+tracebacks, one line per run) go to ``<out>/logs/worker<k>.log`` (appended across launches).
 
 Threads change CPU results in the last bits (a different reduction order in the convolution
 kernels), so a run trained with 1 thread equals a sequential run made with
@@ -262,6 +263,36 @@ def _with_device(config, device: str):
     return TrainConfig(**{**config.to_dict(), "device": device})
 
 
+def exit_with_parent(say=None, poll_s: float = 1.0) -> None:
+    """End this process as soon as the process that spawned it dies (issue 21).
+
+    A SIGKILLed bench cannot stop its workers; without this they would train on as orphans (about
+    1 GB each) and keep multiprocessing's resource_tracker alive too (it exits when the last process
+    holding its pipe does). A daemon thread waits on the parent's sentinel, a pipe that closes
+    when the parent dies, and also checks ``os.getppid()`` every ``poll_s`` (a forked grandchild
+    could hold the pipe open), then calls ``os._exit``: the current run's claim dies with the
+    process and its last checkpoint stays, as after any kill.
+    """
+    import threading
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        while not wait([parent.sentinel], timeout=poll_s) and os.getppid() == parent.pid:
+            pass
+        if say is not None:
+            try:
+                say(parent.pid)
+            except Exception:  # noqa: BLE001 — nothing may stop the exit
+                pass
+        os._exit(70)  # EX_SOFTWARE: not a run's outcome (the parent that would read it is gone)
+
+    threading.Thread(target=watch, name="ltbench-exit-with-parent", daemon=True).start()
+
+
 def worker_main(wid: int, grid: Grid, threads: int, cores: list[int] | None, log: str, inbox, outbox) -> None:
     """A worker process: log to its file, pin its cores and threads, read the data, then train what it is given.
 
@@ -275,6 +306,8 @@ def worker_main(wid: int, grid: Grid, threads: int, cores: list[int] | None, log
     os.dup2(handle.fileno(), 2)
     sys.stdout = sys.stderr = handle
     stamp = lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # noqa: E731
+    exit_with_parent(lambda pid: print(f"== {stamp()} worker {wid}: the bench (pid {pid}) is gone; exiting "
+                                       "(its run's checkpoint is kept)", flush=True))
     try:
         if cores:
             os.sched_setaffinity(0, cores)

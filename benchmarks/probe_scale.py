@@ -1,4 +1,4 @@
-"""The probe stage's L-BFGS fit at ISIC 2019 scale (ltbench.probe): time and iterations.
+"""The probe stage's L-BFGS fit at ISIC 2019 scale (ltbench.trainer.probe): time and iterations.
 
 ResNet-50 features of the ISIC 2019 training split are ~15-25 k x 2,048 with 8 classes. Real
 features are not available offline, so this draws class-structured features (a random mean per
@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ltbench.probe import fit_linear_probe
+from ltbench.trainer.probe import fit_linear_probe
 from ltbench.stages import Probe
 
 

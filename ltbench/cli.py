@@ -90,6 +90,7 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
               settings, cache_dir, out, force, retrieval) -> None:
     """Train and test one method with one seed; writes a result file and prints the test metrics."""
     from ltbench import config as cfg
+    from ltbench import typed
     from ltbench.data.datasets import get_dataset
     from ltbench.registry import get_method_class
     from ltbench.report import leak_text
@@ -99,23 +100,23 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
     # Everything the command line says is converted and checked here, before any file is read.
     get_method_class(method)  # fail fast on an unknown name
     get_dataset(dataset)
-    params = cfg.method_params(method, cfg.key_value_pairs(params, "--param"), cfg.param_flag, text=True)
+    params = cfg.method_params(method, typed.key_value_pairs(params, "--param"), typed.param_flag, text=True)
     split_flags = {"kind": split_kind, "seed": split_seed, "dir": split_dir, "file": split_file, "ratio": split_ratio,
                    "classes": split_classes}
-    split = cfg.read(cfg.split_settings(classes=True), {k: str(v) for k, v in split_flags.items() if v is not None},
-                     cfg.flag({"kind": "--split", "seed": "--split-seed", "dir": "--split-dir", "file": "--split-file",
-                               "ratio": "--ratio", "classes": "--classes"}),
+    split = typed.read(cfg.split_settings(classes=True), {k: str(v) for k, v in split_flags.items() if v is not None},
+                       typed.flag({"kind": "--split", "seed": "--split-seed", "dir": "--split-dir", "file": "--split-file",
+                                  "ratio": "--ratio", "classes": "--classes"}),
                      text=True)
     flags = {"backbone": backbone, "pretrained": pretrained, "image_size": image_size, "epochs": epochs,
              "batch_size": batch_size, "lr": lr, "select_metric": select_metric, "device": device, "seed": seed}
-    config, sources = cfg.train_config(dataset, cfg.Layer("command line", flags, cfg.flag(), text=True),
-                                       cfg.set_layer(cfg.key_value_pairs(settings, "--set")))
+    config, sources = cfg.train_config(dataset, cfg.Layer("command line", flags, typed.flag(), text=True),
+                                       cfg.set_layer(typed.key_value_pairs(settings, "--set")))
     spec = DataSpec(dataset=dataset, data_root=str(data_root) if data_root else None, split=split.get("kind"),
                     split_seed=split.get("seed", 0), split_dir=split.get("dir"), split_file=split.get("file"),
                     cache_dir=str(cache_dir) if cache_dir else None, split_ratio=split.get("ratio"),
                     split_classes=split.get("classes"))
     check_cache_dir(spec)
-    out = cfg.check_folder(out or Path("reports") / "train" / dataset, "--out")
+    out = typed.check_folder(out or Path("reports") / "train" / dataset, "--out")
     click.echo(f"{method}: " + cfg.describe_train(config, sources, seed=True))
     out = check_out_dir(out)
     prepared = prepare_data(spec, config.image_size, before_pixels=lambda image_set, sp: check_methods_on_data(
@@ -190,16 +191,16 @@ def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, backbone, pretr
     Interrupted runs resume from their last finished epoch; failed runs are recorded and the others
     go on (exit status 2 at the end if any failed or is stale).
     """
-    from ltbench import config as cfg
+    from ltbench import typed
     from ltbench.bench import load_benchmark, run_benchmark, select_rows
 
     # Training overrides are TrainConfig fields as text: the same conversion as `train`'s flags.
     bench = load_benchmark(benchmark_path, train_flags={
         "epochs": epochs, "device": device, "backbone": backbone, "pretrained": pretrained,
         "image_size": image_size, "batch_size": batch_size, "lr": lr, "select_metric": select_metric},
-        settings=cfg.key_value_pairs(settings, "--set"),
+        settings=typed.key_value_pairs(settings, "--set"),
         split_flags={"ratio": split_ratio, "classes": split_classes},
-        tune_flags=cfg.key_value_pairs(tune, "--tune") if tune else None)
+        tune_flags=typed.key_value_pairs(tune, "--tune") if tune else None)
     if retrieval is not None:
         import dataclasses
 
@@ -207,7 +208,7 @@ def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, backbone, pretr
     if methods is not None:
         bench.methods = select_rows(bench, methods)
     if seeds is not None:
-        bench.seeds = cfg.seeds(seeds, f"--seeds {seeds}", text=True)
+        bench.seeds = typed.seeds(seeds, f"--seeds {seeds}", text=True)
     if data_root:
         bench.data.data_root = str(data_root)
     from ltbench.launchers import make_launcher

@@ -224,7 +224,7 @@ class LossMethod(Method):
       ``class_balanced``, ``reversed``, ``class_aware``); ``"instance"`` runs :meth:`Method.stages`
       unchanged.
     * ``mixup_alpha``: mixup of the first view with λ ~ Beta(α, α) once per batch
-      (``ltbench.mixup``), loss ``λ·loss(z, y) + (1 − λ)·loss(z, y[perm])``. Its generator is
+      (``ltbench.losses``), loss ``λ·loss(z, y) + (1 − λ)·loss(z, y[perm])``. Its generator is
       seeded from ``TrainInfo.seed`` in :meth:`setup` (a subclass overriding ``setup`` calls
       ``super().setup(info)``) and kept in the buffer ``mixup_generator_state``. α = 0 registers
       and draws nothing: the step is the plain loss, bit for bit.
@@ -243,7 +243,7 @@ class LossMethod(Method):
 
     def setup(self, info: TrainInfo) -> None:
         if getattr(self, "mixup_alpha", 0.0) > 0:
-            from ltbench.mixup import mixup_generator
+            from ltbench.losses import mixup_generator
 
             self.register_buffer("mixup_generator_state", mixup_generator(info.seed).get_state())
 
@@ -256,7 +256,7 @@ class LossMethod(Method):
         if not getattr(self, "mixup_alpha", 0.0) > 0:
             logits = model(batch.views[0])
             return self.loss(logits.float(), batch.labels)
-        from ltbench.mixup import draw_mixup, mix_inputs, mixup_criterion
+        from ltbench.losses import draw_mixup, mix_inputs, mixup_criterion
 
         state = getattr(self, "mixup_generator_state", None)
         if state is None:

@@ -33,7 +33,7 @@ HEADLINE_LABELS = {"acc": "Acc", "sen": "Sen", "pre": "Pre", "f1": "F1", "auc": 
 # Metrics the best-validation checkpoint may be selected by. ``group_acc``: the mean of the
 # head/medium/tail mean recalls, MONICA's headline "accuracy" (Ju et al.'s MONICA suite,
 # utils/log_accuracy.py ``avg_acc``); with ``group_sizes`` (2, 3) on 8 classes its grouping.
-# ``last``: no selection, the last selectable epoch (ECL's released train.py; ltbench.selection).
+# ``last``: no selection, the last selectable epoch (ECL's released train.py; ltbench.trainer.selection).
 SELECTABLE = (*HEADLINE, "group_acc", "last")
 GROUPS = ("head", "medium", "tail")
 

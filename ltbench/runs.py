@@ -22,10 +22,10 @@ import numpy as np
 from ltbench.data.base import ImageSet, Split
 from ltbench.data.datasets import get_dataset, load_dataset
 from ltbench.data.geometry import ViewGeometry
-from ltbench.checkpoint import CheckpointStore, hook
-from ltbench.claims import Claim
+from ltbench.store.checkpoint import CheckpointStore, hook
+from ltbench.store.claims import Claim
 from ltbench.errors import LtbenchError
-from ltbench.fileio import atomic_write
+from ltbench.store.files import atomic_write
 from ltbench.method import Method
 from ltbench.registry import create_method
 from ltbench.trainer import DataBundle, TrainConfig, Trainer
@@ -339,7 +339,7 @@ def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data
     ``row``: the benchmark row name (default: the method's); results live in ``runs/<row>/``
     and carry it as ``method``, with the registered method as ``registered_method``.
 
-    Reliability (issue 9): the run is claimed first (``ltbench.claims``; ``wait=False`` raises
+    Reliability (issue 9): the run is claimed first (``ltbench.store.claims``; ``wait=False`` raises
     :class:`RunClaimed` if another process holds it, else this waits). A result of another run key
     raises :class:`StaleResult` (kept; ``replace_stale`` retrains it and a damaged result file,
     ``force`` retrains even an up-to-date result, from scratch). Training resumes from the run's last
@@ -512,7 +512,7 @@ def write_split(prepared: PreparedData, out_dir: Path) -> Path:
 
 def check_cache_dir(spec: DataSpec, label: str = "--cache-dir") -> None:
     """The pixel cache folder is usable (or creatable) before any image is decoded."""
-    from ltbench.config import check_folder
+    from ltbench.typed import check_folder
 
     if spec.cache_dir:
         check_folder(spec.cache_dir, label)

@@ -507,8 +507,8 @@ class FlexSampling(Method):
         self.register_buffer("queries", torch.zeros((), dtype=torch.int64, device=info.device))
         if self.loss == "cb_focal":
             self.register_buffer("class_weights", class_balanced_weights(info.class_counts, self.cb_beta).to(info.device))
-        if self.mixup_alpha > 0:  # its own generator, apart from the streams' (ltbench.mixup); α = 0 draws nothing
-            from ltbench.mixup import mixup_generator
+        if self.mixup_alpha > 0:  # its own generator, apart from the streams' (ltbench.losses); α = 0 draws nothing
+            from ltbench.losses import mixup_generator
 
             self.register_buffer("mixup_generator_state", mixup_generator(info.seed).get_state())
 
@@ -632,7 +632,7 @@ class FlexSampling(Method):
             z2 = F.normalize(model.projector(h2).float(), dim=1)
             return nt_xent_loss(z1, z2, self.ssl_temperature)
         if self.mixup_alpha > 0:  # 8f31c0c's examples/train.py: mixup 0.2 on the active batches
-            from ltbench.mixup import draw_mixup, mix_inputs, mixup_criterion
+            from ltbench.losses import draw_mixup, mix_inputs, mixup_criterion
 
             generator = torch.Generator().set_state(self.mixup_generator_state.cpu())
             lam, perm = draw_mixup(self.mixup_alpha, batch.labels.shape[0], generator)

@@ -15,7 +15,7 @@ import torch
 from torch.nn import functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from ltbench.checkpoint import CheckpointStore
+from ltbench.store.checkpoint import CheckpointStore
 from ltbench.data.augment import get_augmentation
 from ltbench.data.loader import steps_per_epoch
 from ltbench.errors import LtbenchError

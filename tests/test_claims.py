@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from ltbench.claims import Claim
+from ltbench.store.claims import Claim
 from tests.test_resume import TINY, bench_cmd
 
 HOLD = """\
 import sys, time
-from ltbench.claims import Claim
+from ltbench.store.claims import Claim
 claim = Claim(sys.argv[1])
 assert claim.acquire()
 print("held", flush=True)

@@ -436,7 +436,7 @@ def test_a_failed_bench_leaves_no_empty_output_folder(tmp_path, cli):
 
 
 def test_files_get_the_users_umask_not_mkstemps_0600(tmp_path):
-    from ltbench.fileio import atomic_write, default_file_mode
+    from ltbench.store.files import atomic_write, default_file_mode
 
     old = os.umask(0o002)
     try:

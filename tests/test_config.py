@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ltbench import config as cfg
+from ltbench import typed
 from ltbench.bench import load_benchmark
 from ltbench.errors import LtbenchError
 from ltbench.trainer import TrainConfig
@@ -29,52 +30,52 @@ def test_yaml_1_1_exponents_are_strings_and_become_floats(text):
     import yaml
 
     assert isinstance(yaml.safe_load(f"x: {text}")["x"], str)  # the PyYAML behaviour being fixed
-    assert cfg.to_type(text, float) == float(text) and isinstance(cfg.to_type(text, float), float)
-    assert cfg.to_type(text, float | None) == float(text)
+    assert typed.to_type(text, float) == float(text) and isinstance(typed.to_type(text, float), float)
+    assert typed.to_type(text, float | None) == float(text)
 
 
 def test_integer_settings_are_exact():
-    assert cfg.to_type(16, int) == 16 and cfg.to_type("16", int) == 16
+    assert typed.to_type(16, int) == 16 and typed.to_type("16", int) == 16
     for bad in (16.0, "16.0", "1e3", True, "abc", None, [1]):
-        with pytest.raises(cfg.Invalid, match="expected an integer"):
-            cfg.to_type(bad, int)
+        with pytest.raises(typed.Invalid, match="expected an integer"):
+            typed.to_type(bad, int)
 
 
 def test_float_settings():
-    assert cfg.to_type(10, float) == 10 and type(cfg.to_type(10, float)) is int  # a file's int stays (run keys)
-    assert type(cfg.to_type("10", float, text=True)) is float  # command-line text becomes a float
-    assert cfg.to_type(0.5, float) == 0.5
+    assert typed.to_type(10, float) == 10 and type(typed.to_type(10, float)) is int  # a file's int stays (run keys)
+    assert type(typed.to_type("10", float, text=True)) is float  # command-line text becomes a float
+    assert typed.to_type(0.5, float) == 0.5
     for bad in ("abc", "nan", "inf", ".inf", True, "1_000", float("nan"), "1e999"):
-        with pytest.raises(cfg.Invalid):
-            cfg.to_type(bad, float)
+        with pytest.raises(typed.Invalid):
+            typed.to_type(bad, float)
 
 
 def test_other_types():
-    assert cfg.to_type(None, str | None) is None and cfg.to_type("none", str | None) is None
-    assert cfg.to_type("none", str | None, text=True) is None
-    assert cfg.to_type("abc", str, text=True) == "abc"
-    assert cfg.to_type("true", bool, text=True) is True
-    with pytest.raises(cfg.Invalid, match="true or false"):
-        cfg.to_type("yes please", bool, text=True)
-    with pytest.raises(cfg.Invalid, match="expected text"):
-        cfg.to_type(3, str)
-    assert cfg.to_type(["1e-1", 2], typing.Sequence[float]) == [0.1, 2]
-    assert cfg.to_type("[1e-1, 2]", typing.Sequence[float] | None, text=True) == [0.1, 2]
-    with pytest.raises(cfg.Invalid, match=r"item 1 \('x'\): expected a number"):
-        cfg.to_type([1, "x"], list[float])
-    with pytest.raises(cfg.Invalid, match="expected a list"):
-        cfg.to_type("1,2", list[float])
-    assert cfg.to_type("posthoc", typing.Literal["loss", "posthoc"]) == "posthoc"
-    with pytest.raises(cfg.Invalid, match="one of loss, posthoc"):
-        cfg.to_type("post", typing.Literal["loss", "posthoc"])
-    assert cfg.to_type(object, typing.Any) is object  # undeclared: passed through
+    assert typed.to_type(None, str | None) is None and typed.to_type("none", str | None) is None
+    assert typed.to_type("none", str | None, text=True) is None
+    assert typed.to_type("abc", str, text=True) == "abc"
+    assert typed.to_type("true", bool, text=True) is True
+    with pytest.raises(typed.Invalid, match="true or false"):
+        typed.to_type("yes please", bool, text=True)
+    with pytest.raises(typed.Invalid, match="expected text"):
+        typed.to_type(3, str)
+    assert typed.to_type(["1e-1", 2], typing.Sequence[float]) == [0.1, 2]
+    assert typed.to_type("[1e-1, 2]", typing.Sequence[float] | None, text=True) == [0.1, 2]
+    with pytest.raises(typed.Invalid, match=r"item 1 \('x'\): expected a number"):
+        typed.to_type([1, "x"], list[float])
+    with pytest.raises(typed.Invalid, match="expected a list"):
+        typed.to_type("1,2", list[float])
+    assert typed.to_type("posthoc", typing.Literal["loss", "posthoc"]) == "posthoc"
+    with pytest.raises(typed.Invalid, match="one of loss, posthoc"):
+        typed.to_type("post", typing.Literal["loss", "posthoc"])
+    assert typed.to_type(object, typing.Any) is object  # undeclared: passed through
 
 
 def test_signature_settings_of_a_callable():
     def loader(data_root, rate: float = 0.1, n: int = 3, flag=False, scale=2.0, anything=2, **rest):
         """A stand-in loader."""
 
-    settings, open_ended = cfg.settings_of(loader, ("data_root",))
+    settings, open_ended = typed.settings_of(loader, ("data_root",))
     assert open_ended and set(settings) == {"rate", "n", "flag", "scale", "anything"}
     assert settings["rate"].type is float and settings["n"].type is int
     assert settings["flag"].type is bool and settings["scale"].type is float  # from float/bool defaults
@@ -100,8 +101,8 @@ def test_trainconfig_converts_and_checks_in_python_too():
 
 
 def test_layers_flag_over_file_over_dataset_default():
-    file = cfg.Layer("benchmark file", {"epochs": 7, "lr": "5E-4"}, cfg.in_file("b.yaml", "train"))
-    flags = cfg.Layer("command line", {"epochs": "3", "lr": None, "device": None}, cfg.flag(), text=True)
+    file = cfg.Layer("benchmark file", {"epochs": 7, "lr": "5E-4"}, typed.in_file("b.yaml", "train"))
+    flags = cfg.Layer("command line", {"epochs": "3", "lr": None, "device": None}, typed.flag(), text=True)
     config, sources = cfg.train_config("isic2019", file, flags)
     assert (config.backbone, config.pretrained, config.image_size, config.batch_size) == ("resnet50", "imagenet", 224, 64)
     assert config.epochs == 3 and config.lr == 0.0005
@@ -112,15 +113,15 @@ def test_layers_flag_over_file_over_dataset_default():
 
 
 def test_a_backbone_without_weights_drops_inherited_pretrained_but_not_an_explicit_one():
-    flags = cfg.Layer("command line", {"backbone": "small-cnn"}, cfg.flag(), text=True)
+    flags = cfg.Layer("command line", {"backbone": "small-cnn"}, typed.flag(), text=True)
     config, _ = cfg.train_config("isic2019", flags)
     assert config.backbone == "small-cnn" and config.pretrained is None
-    both = cfg.Layer("command line", {"backbone": "small-cnn", "pretrained": "imagenet"}, cfg.flag(), text=True)
+    both = cfg.Layer("command line", {"backbone": "small-cnn", "pretrained": "imagenet"}, typed.flag(), text=True)
     with pytest.raises(LtbenchError, match="--pretrained imagenet: the small-cnn backbone has no pretrained weights"):
         cfg.train_config("isic2019", both)
     with pytest.raises(LtbenchError, match="--pretrained /no/such.pth: no such file"):
-        cfg.train_config("isic2019", cfg.Layer("command line", {"pretrained": "/no/such.pth"}, cfg.flag(), text=True))
-    none = cfg.Layer("command line", {"pretrained": "none"}, cfg.flag(), text=True)
+        cfg.train_config("isic2019", cfg.Layer("command line", {"pretrained": "/no/such.pth"}, typed.flag(), text=True))
+    none = cfg.Layer("command line", {"pretrained": "none"}, typed.flag(), text=True)
     assert cfg.train_config("isic2019", none)[0].pretrained is None
 
 
@@ -203,8 +204,8 @@ def test_cache_dir_that_is_a_file(tmp_path):
     with pytest.raises(LtbenchError, match="cache_dir .*afile: exists and is not a folder"):
         load_benchmark(path)
     with pytest.raises(LtbenchError, match=r"cannot be created \(.*afile is not a folder\)"):
-        cfg.check_folder(tmp_path / "afile" / "sub", "--out")
-    assert cfg.check_folder(tmp_path / "new" / "deeper", "--out") == tmp_path / "new" / "deeper"
+        typed.check_folder(tmp_path / "afile" / "sub", "--out")
+    assert typed.check_folder(tmp_path / "new" / "deeper", "--out") == tmp_path / "new" / "deeper"
     assert not (tmp_path / "new").exists()  # checking creates nothing
 
 
@@ -217,9 +218,9 @@ def test_named_variants(tmp_path):
 
 
 def test_seeds_from_the_command_line():
-    assert cfg.seeds("0,1 2", "--seeds", text=True) == [0, 1, 2]
+    assert typed.seeds("0,1 2", "--seeds", text=True) == [0, 1, 2]
     with pytest.raises(LtbenchError, match="--seeds: seed x: expected an integer"):
-        cfg.seeds("0,x", "--seeds", text=True)
+        typed.seeds("0,x", "--seeds", text=True)
 
 
 # ------------------------------------------------------------------------------ run keys

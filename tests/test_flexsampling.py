@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ltbench import create_method
-from ltbench.checkpoint import CheckpointStore
+from ltbench.store.checkpoint import CheckpointStore
 from ltbench.data.augment import get_augmentation
 from ltbench.data.loader import steps_per_epoch
 from ltbench.errors import LtbenchError

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ltbench import LossMethod
-from ltbench.claims import Claim
+from ltbench.store.claims import Claim
 from ltbench.errors import LtbenchError
 from ltbench.launchers.local import plan_slots
 from ltbench.registry import register_method, unregister_method

@@ -10,7 +10,7 @@ from torch import nn
 
 from ltbench import Batch, LtbenchError, TrainInfo, create_method
 from ltbench.methods.ce import CrossEntropy
-from ltbench.mixup import draw_mixup, mixup_generator, mixup_seed
+from ltbench.losses import draw_mixup, mixup_generator, mixup_seed
 from ltbench.trainer import Trainer
 from tests.helpers import cpu_config, synthetic_data
 
@@ -223,7 +223,7 @@ def test_a_resumed_mixup_run_equals_the_uninterrupted_one(tmp_path):
     # its draws come from the stream's generator alone).
     import shutil
 
-    from ltbench.checkpoint import CheckpointStore
+    from ltbench.store.checkpoint import CheckpointStore
 
     data, config = synthetic_data(), cpu_config(epochs=2)
     params = {"mixup_alpha": 0.2, "sampler": "class_aware"}

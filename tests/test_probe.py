@@ -1,6 +1,6 @@
 """The probe stage (issue 20): a linear classifier fitted to convergence on frozen features.
 
-References are independent of ``ltbench.probe``: scikit-learn's ``LogisticRegression`` (its own
+References are independent of ``ltbench.trainer.probe``: scikit-learn's ``LogisticRegression`` (its own
 L-BFGS on the same objective, scaled: C·Σ s_i ℓ_i + ½‖W‖² with C = 1/(l2·Σ s)) and a naive numpy
 float64 objective whose finite-difference gradient must vanish at the returned solution.
 """
@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 
 from ltbench.errors import LtbenchError
 from ltbench.method import Method
-from ltbench.probe import fit_linear_probe, sample_weights
+from ltbench.trainer.probe import fit_linear_probe, sample_weights
 from ltbench.registry import create_method
 from ltbench.stages import Probe, Stage
 from ltbench.trainer import Trainer

@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from ltbench import config as cfg
+from ltbench import typed
 from ltbench.cli import cli
 from ltbench.errors import LtbenchError
 from ltbench.recipes import Recipe
@@ -35,7 +36,7 @@ def check_recipe(name: str, recipe: object) -> tuple[TrainConfig, torch.nn.Modul
     if not isinstance(recipe, Recipe) or not isinstance(recipe.source, str) or not recipe.source.strip():
         raise ValueError(f"{name}: not a Recipe with a source: {recipe!r}")
     label = lambda key, value: f"{name} recipe {key}={value!r}"  # noqa: E731
-    train = cfg.read(cfg.train_settings(), recipe.train, label)  # each key a TrainConfig field, each value converts
+    train = typed.read(cfg.train_settings(), recipe.train, label)  # each key a TrainConfig field, each value converts
     config = TrainConfig(**{**BASE, **train})  # and the whole configuration meets its rules
     for key, value in recipe.train.items():  # written as it runs: nothing converted on the way
         if getattr(config, key) != value or type(getattr(config, key)) is not type(value):

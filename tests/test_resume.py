@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from ltbench import create_method
-from ltbench.checkpoint import CheckpointStore
+from ltbench.store.checkpoint import CheckpointStore
 from ltbench.trainer import Trainer
 from tests.helpers import cpu_config, synthetic_data
 
@@ -128,7 +128,7 @@ methods:
   ce: {}
   focal: {gamma: 1.0}
 """
-# Kill points of consecutive attempts (ltbench/checkpoint.py's test hook; counts start anew in each
+# Kill points of consecutive attempts (ltbench/store/checkpoint.py's test hook; counts start anew in each
 # process; 4 steps per epoch): mid-epoch 1 of the first run; while writing the first checkpoint
 # (of a resumed run); between a run's arrays and its JSON; after another run's last epoch, before
 # its test and result.

@@ -231,7 +231,7 @@ def test_damaged_embedding_file_is_one_line(tmp_path):
 
 
 def test_a_failing_pass_is_the_run_failure_and_retry_resumes_after_the_last_epoch(leaky, tmp_path):
-    from ltbench.checkpoint import CheckpointStore, unplain
+    from ltbench.store.checkpoint import CheckpointStore, unplain
     from ltbench.methods.ce import CrossEntropy
     from ltbench.registry import register_method, unregister_method
     from ltbench.runs import RunFailed, failure_paths

@@ -1,16 +1,16 @@
-"""The checkpoint rule and the other rules' choices (ltbench/selection.py, issue 26)."""
+"""The checkpoint rule and the other rules' choices (ltbench/trainer/selection.py, issue 26)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch.nn.functional as F
 
-import ltbench.trainer as trainer_module
+import ltbench.trainer.loop as trainer_module
 from ltbench.errors import LtbenchError
 from ltbench.method import Method
 from ltbench.metrics import SELECTABLE
 from ltbench.registry import create_method
-from ltbench.selection import Candidates, epochs_from_history, selection_score
+from ltbench.trainer.selection import Candidates, epochs_from_history, selection_score
 from ltbench.stages import Stage
 from ltbench.trainer import Trainer, TrainConfig
 from tests.helpers import cpu_config, synthetic_data

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ltbench.trainer as trainer_module
+import ltbench.trainer.loop as trainer_module
 from ltbench.errors import LtbenchError
 from ltbench.method import Batch, Method
 from ltbench.methods.scl import SCL

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ltbench.checkpoint import CheckpointStore
+from ltbench.store.checkpoint import CheckpointStore
 from tests.tmpfs import tmpfs
 
 LTBENCH = Path(sys.executable).parent / "ltbench"
@@ -40,7 +40,7 @@ def test_a_checkpoint_over_a_file_size_limit_is_an_oserror(tmp_path: Path) -> No
     """RLIMIT_FSIZE (SIGXFSZ ignored, so the write fails with EFBIG): works without root."""
     script = textwrap.dedent(f"""
         import resource, signal, torch
-        from ltbench.checkpoint import CheckpointStore
+        from ltbench.store.checkpoint import CheckpointStore
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
         store = CheckpointStore({str(tmp_path / 'run')!r}, "key")

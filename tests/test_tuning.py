@@ -12,7 +12,7 @@ from ltbench.errors import LtbenchError
 from ltbench.recipes import Recipe
 from ltbench.registry import get_method_class
 from ltbench.runs import read_result
-from ltbench.tuning import choose, combinations, parse_tune, parse_tune_flags, tuning_row
+from ltbench.bench.tuning import choose, combinations, parse_tune, parse_tune_flags, tuning_row
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

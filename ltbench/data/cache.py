@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ltbench.data.base import ImageSet
 from ltbench.errors import LtbenchError
-from ltbench.fileio import atomic_write, default_file_mode
+from ltbench.store.files import atomic_write, default_file_mode
 
 # v2: the manifest keeps original sizes, source hashes and EXIF orientations (v1 caches rebuild once).
 FORMAT_VERSION = 2

@@ -51,7 +51,7 @@ from typing import Callable
 from ltbench.data import download_content as content
 from ltbench.data.isic import ISIC2018_COLUMNS, ISIC2019_COLUMNS
 from ltbench.errors import LtbenchError
-from ltbench.fileio import atomic_write
+from ltbench.store.files import atomic_write
 
 BASE_URL = "https://isic-challenge-data.s3.amazonaws.com"
 URL_ENV = "LTBENCH_DOWNLOAD_URL"

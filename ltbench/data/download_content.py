@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ltbench.errors import LtbenchError
-from ltbench.fileio import atomic_write
+from ltbench.store.files import atomic_write
 
 MANIFEST = "download_manifest.json"
 _BLOCK = 1 << 20

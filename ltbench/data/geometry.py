@@ -72,16 +72,16 @@ def read_geometry(raw: object, base: ViewGeometry, path: str) -> ViewGeometry:
     """
     from dataclasses import replace
 
-    from ltbench import config as cfg
+    from ltbench import typed
     from ltbench.errors import LtbenchError
 
     if not isinstance(raw, dict):
         raise LtbenchError(f"{path}: dataset.geometry = {raw!r}: expected a mapping of hflip, vflip, rotation "
                            "(e.g. {hflip: true, vflip: false, rotation: 15})")
-    settings = {"hflip": cfg.Setting("hflip", bool), "vflip": cfg.Setting("vflip", bool),
-                "rotation": cfg.Setting("rotation", float, rule=lambda v: None if 0 <= v <= 180 else
-                                        "expected degrees in [0, 180] (180: any rotation)")}
-    values = cfg.read(settings, raw, cfg.in_file(path, "dataset.geometry"), unknown="not a geometry key")
+    settings = {"hflip": typed.Setting("hflip", bool), "vflip": typed.Setting("vflip", bool),
+                "rotation": typed.Setting("rotation", float, rule=lambda v: None if 0 <= v <= 180 else
+                                          "expected degrees in [0, 180] (180: any rotation)")}
+    values = typed.read(settings, raw, typed.in_file(path, "dataset.geometry"), unknown="not a geometry key")
     try:
         return replace(base, **values)
     except ValueError as exc:

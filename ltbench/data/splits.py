@@ -16,7 +16,7 @@ import pandas as pd
 from ltbench.data.base import ImageSet, Split
 from ltbench.data.isic import read_csv
 from ltbench.errors import LtbenchError
-from ltbench.fileio import atomic_write
+from ltbench.store.files import atomic_write
 
 KINDS = ("grouped", "stratified", "ecl", "csv", "official", "flexsampling", "flamby")
 PARTS = ("train", "val", "test")

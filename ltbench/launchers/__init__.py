@@ -59,6 +59,7 @@ def make_launcher(bench, launcher: str | None = None, *, jobs=None, gpus=None, r
     None: the sequential in-process bench (``--jobs 1``, the default).
     """
     from ltbench import config as cfg
+    from ltbench import typed
 
     launcher = (launcher or "local").strip().lower()
     if launcher not in LAUNCHERS:
@@ -66,7 +67,7 @@ def make_launcher(bench, launcher: str | None = None, *, jobs=None, gpus=None, r
     jobs, runs_per_gpu, threads = (_count("--jobs", jobs), _count("--runs-per-gpu", runs_per_gpu),
                                    _count("--threads", threads))
     gpu_list = parse_gpus(gpus)
-    pairs = cfg.key_value_pairs(slurm, "--slurm")
+    pairs = typed.key_value_pairs(slurm, "--slurm")
     if launcher == "slurm":
         for option, value in (("--jobs", jobs), ("--gpus", gpus), ("--runs-per-gpu", runs_per_gpu),
                               ("--threads", threads)):
@@ -75,8 +76,8 @@ def make_launcher(bench, launcher: str | None = None, *, jobs=None, gpus=None, r
                                    "array_parallelism=N, gpus_per_job=G, cpus_per_job=C")
         from ltbench.launchers.slurm import SlurmLauncher
 
-        given = cfg.read(cfg.slurm_settings(), pairs, lambda k, v: f"--slurm {k}={v}", text=True,
-                         unknown="not a slurm setting")
+        given = typed.read(cfg.slurm_settings(), pairs, lambda k, v: f"--slurm {k}={v}", text=True,
+                           unknown="not a slurm setting")
         chosen = SlurmLauncher({**(getattr(bench, "slurm", None) or {}), **given})
         chosen.check()
         return chosen

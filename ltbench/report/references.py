@@ -93,7 +93,7 @@ def parse_references(raw: object, where: str, rows: Sequence[str] | None = None)
 
 def write_settings(out_dir: Path, references: dict | None, groups: dict | None) -> Path | None:
     """``report_settings.json`` (references and groups of the benchmark file) for ``ltbench report``."""
-    from ltbench.fileio import atomic_write
+    from ltbench.store.files import atomic_write
 
     path = Path(out_dir) / SETTINGS_FILE
     if references is None and groups is None:

@@ -1,6 +1,6 @@
 """Selection sensitivity: what each checkpoint rule would have tested, per row of a report (issue 26).
 
-For every run and every rule of ``ltbench.selection.SENSITIVITY_RULES`` (acc, sen, f1, last; plus the
+For every run and every rule of ``ltbench.trainer.selection.SENSITIVITY_RULES`` (acc, sen, f1, last; plus the
 run's own): the epoch the rule chooses, the validation Acc/Sen there (the stored per-epoch history)
 and, when the run stored them, the test Acc/Sen there (``selection_*`` arrays of its NPZ: the test
 passes the trainer ran at the epochs some rule held as its best; never read by training or
@@ -20,7 +20,7 @@ from scipy.stats import kendalltau, rankdata
 from tabulate import tabulate
 
 from ltbench.metrics import compute_metrics
-from ltbench.selection import RULE_TEXT, SENSITIVITY_RULES, epochs_from_history
+from ltbench.trainer.selection import RULE_TEXT, SENSITIVITY_RULES, epochs_from_history
 
 SHOWN = ("acc", "sen")  # the two numbers per rule: Acc and balanced accuracy
 

@@ -230,7 +230,7 @@ def _protocol_options(result: dict) -> str:
 
 def selection_text(results: Sequence[dict]) -> str:
     """Which rule chose each row's tested checkpoint (one rule: said once; several: rows per rule)."""
-    from ltbench.selection import RULE_TEXT
+    from ltbench.trainer.selection import RULE_TEXT
 
     rows: dict[str, list[str]] = {}
     for r in results:

@@ -26,7 +26,7 @@ from ltbench.report.summary import (_columns, _context, _header_line, confusion_
                                     markdown_table, mean_confusion, stale_lines, summarize, summed_confusion,
                                     with_failures)
 from ltbench.report.tuning import read_tuning, tuning_evidence, tuning_summary
-from ltbench.fileio import atomic_write
+from ltbench.store.files import atomic_write
 
 
 def _safe_filename(name: str) -> str:
@@ -76,7 +76,7 @@ def write_report(results: list[dict], out_dir: Path, order: Sequence[str] | None
     flagged = flagged_runs(results)  # collapse and non-convergence (issue 20 item 4)
     notes = "\n".join([*stale_lines(stale), *([flags_line(flagged, methods)] if flagged else [])])
     table = markdown_table(shown, bold_rows, marks=flag_marks(flagged)) + ("\n\n" + notes.rstrip("\n") if notes else "")
-    tuning = read_tuning(run_dir.parent)  # the bench's tuning.json (ltbench/tuning.py), if it tuned
+    tuning = read_tuning(run_dir.parent)  # the bench's tuning.json (ltbench/bench/tuning.py), if it tuned
     protocol_notes = recipe_lines(results) + (tuning_summary(tuning) if tuning else [])
     if protocol_notes:  # which rows ran a paper recipe, which settings tuning chose (issue 20)
         table += "\n\n" + "\n".join(protocol_notes).rstrip("\n")

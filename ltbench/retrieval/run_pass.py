@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from ltbench.errors import LtbenchError
-from ltbench.fileio import atomic_write
+from ltbench.store.files import atomic_write
 from ltbench.retrieval.metrics import p10_r4_macro, retrieval_metrics
 
 BINARY_SUFFIX = "_binary"  # spaces ranked by Hamming distance; every other space by cosine

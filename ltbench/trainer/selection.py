@@ -105,7 +105,7 @@ class Candidates:
         return out
 
     def state(self) -> dict:
-        """Plain data for a checkpoint (``ltbench.checkpoint.plain`` turns the arrays into tensors)."""
+        """Plain data for a checkpoint (``ltbench.store.checkpoint.plain`` turns the arrays into tensors)."""
         return {"best": {rule: [score, epoch] for rule, (score, epoch) in self.best.items()},
                 "probs": {str(e): p for e, p in self.probs.items()}, "last": self.last, "final": self.final}
 

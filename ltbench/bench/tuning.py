@@ -22,8 +22,9 @@ import math
 from pathlib import Path
 from typing import Mapping
 
+from ltbench import config as cfg
 from ltbench.errors import LtbenchError
-from ltbench.fileio import atomic_write
+from ltbench.store.files import atomic_write
 from ltbench.report.tuning import TUNING_FILE  # the report reads what the bench writes
 TUNING_DIR = "tuning"
 #: Settings that are the bench's or the machine's, not a recipe's: one pixel cache, one device.
@@ -37,8 +38,6 @@ def tuning_metric(select_metric: str) -> str:
 
 def parse_tune(raw: object, label: str) -> dict[str, list]:
     """``{setting: [values...]}`` converted by each training setting's declared type."""
-    from ltbench import config as cfg
-
     if raw is None:
         return {}
     if not isinstance(raw, Mapping) or not raw:

@@ -3,7 +3,7 @@
 Loop order (docs/architecture.md): setup -> build_model -> stages; per stage: its optimiser over
 the parts it trains (the rest frozen), its streams and views; per epoch: on_epoch_start, batches
 (training_step, backward, SGD step), validate, on_epoch_end, keep the best-validation state
-(selectable stages only), and, given a ``CheckpointStore``, save a checkpoint (ltbench/checkpoint.py);
+(selectable stages only), and, given a ``CheckpointStore``, save a checkpoint (ltbench/store/checkpoint.py);
 finally test once with that state. A run given a store with a checkpoint resumes after its epoch: setup,
 model and stages are rebuilt as in the first attempt, then the saved state replaces theirs (the
 stage's fresh optimiser and streams included), so the CPU result is bit-identical.
@@ -17,65 +17,26 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ltbench.checkpoint import CheckpointStore, hook, plain, rng_state, set_rng_state, unplain
+from ltbench.store.checkpoint import CheckpointStore, hook, plain, rng_state, set_rng_state, unplain
 from ltbench.data.augment import get_augmentation
 from ltbench.data.geometry import ANY_GEOMETRY, ViewGeometry
 from ltbench.data.loader import TrainStream, eval_batches, steps_per_epoch
+from ltbench.config import TrainConfig
 from ltbench.errors import LtbenchError
 from ltbench.method import Method, RunAccess, TrainInfo
 from ltbench.metrics import HEADLINE, compute_metrics
 from ltbench.models import build_backbone
 from ltbench.schedules import stage_lr
-from ltbench.probe import fit_linear_probe, linear_inputs
-from ltbench.selection import Candidates, selection_score
+from ltbench.trainer.probe import fit_linear_probe, linear_inputs
+from ltbench.trainer.selection import Candidates, selection_score
 from ltbench.stages import Stage, stage_bounds, stream_specs
-
-
-@dataclass
-class TrainConfig:
-    """Everything about a run that is not the method or the data (the shared protocol)."""
-
-    backbone: str = "resnet50"
-    pretrained: str | None = None
-    image_size: int = 224
-    epochs: int = 100
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    lr: float = 0.002
-    momentum: float = 0.9  # SGD
-    weight_decay: float = 1e-4
-    optimizer: str = "sgd"  # sgd | adam (torch.optim.Adam: L2 weight decay, as MONICA and FlexSampling)
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam
-    lr_schedule: str = "cosine"  # cosine | step | constant, per stage (ltbench.schedules.stage_lr)
-    lr_milestones: tuple[int, ...] = ()  # step: epochs of the stage where the lr is multiplied by lr_gamma
-    lr_gamma: float = 0.1
-    warmup_epochs: int = 0  # linear warm-up from warmup_start_factor · lr, then the schedule
-    warmup_start_factor: float = 0.01
-    select_metric: str = "acc"  # ltbench.metrics.SELECTABLE
-    group_sizes: tuple[int, ...] = ()  # (head, medium) classes by training frequency; () = terciles
-    eval_view: str = "eval"  # the preset of validation, test, RunAccess.infer and retrieval (e.g. plain_half)
-    device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA (no loss scaling needed, unlike fp16)
-    channels_last: bool = True  # CUDA only
-    compile: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        # Every field converted by its annotation and checked by its rule (ltbench/config.py),
-        # so a config built in Python meets the same rules as a benchmark file or the CLI.
-        from ltbench.config import check_train_config
-
-        check_train_config(self)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -187,7 +148,7 @@ class Trainer:
         best = (-math.inf, -1, None, None, None)  # score, epoch, model state, method state, val output
         candidates = Candidates(cfg.select_metric)  # every rule's choice and its test pass, for the report only
         test_probs = lambda: self.evaluate(method, model, data, data.test)["probs"]  # noqa: E731
-        # Resumption (ltbench/checkpoint.py): everything above ran as in the first attempt (same RNG
+        # Resumption (ltbench/store/checkpoint.py): everything above ran as in the first attempt (same RNG
         # draws); now the saved state replaces what the epochs so far produced.
         resume = checkpoint.load() if checkpoint is not None else None
         first_epoch, elapsed = 0, 0.0

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -42,11 +43,17 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import stats
 
-from ltbench.data import augment as after
+from ltbench.data import augment as _augment
+from ltbench.data.augment import geometry as _geometry
 from ltbench.data.cache import decode_image
 
 DEFAULT_IMAGES = Path("/work/shared/data/isic2018_task3_test_224/images")
 CACHE, S = 256, 224
+
+
+# This checkout's augmentation as one namespace, like the single augment.py of an earlier export:
+# the package's public face and its geometry module (sample_crop_boxes, geometry_grid, affine_*).
+after = SimpleNamespace(**{**vars(_geometry), **{k: getattr(_augment, k) for k in _augment.__all__}})
 
 
 def load_before(root: Path | None):

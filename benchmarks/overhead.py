@@ -29,7 +29,7 @@ from torch import nn
 
 import ltbench
 from ltbench.data.augment import get_augmentation
-from ltbench.data.loader import steps_per_epoch
+from ltbench.data.samplers import steps_per_epoch
 from ltbench.models import build_backbone
 from ltbench.runs import DataSpec, prepare_data
 from ltbench.schedules import cosine_lr

@@ -33,9 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ltbench.data.loader import Batch  # what a training stream yields: part of the Method API
+from ltbench.data.samplers import SAMPLERS
+from ltbench.losses import draw_mixup, mix_inputs, mixup_criterion, mixup_generator
 from ltbench.models import Backbone, Classifier
 from ltbench.recipes import Recipe
 from ltbench.stages import Stage, StreamSpec
+
+__all__ = ["Batch", "LossMethod", "Method", "RunAccess", "StepResult", "TrainInfo"]
 
 
 @dataclass(frozen=True)
@@ -53,19 +58,6 @@ class TrainInfo:
     @property
     def num_classes(self) -> int:
         return len(self.class_counts)
-
-
-@dataclass
-class Batch:
-    """One training batch of one sampler stream, already on the compute device.
-
-    ``views[k]`` is the batch augmented with the method's k-th view preset (float, normalised,
-    N×3×S×S); every view shows the same images in the same order.
-    """
-
-    views: list[Tensor]
-    labels: Tensor
-    indices: Tensor  # rows of the training split, for methods that keep per-sample state
 
 
 StepResult = Tensor | tuple[Tensor, dict[str, Tensor]]
@@ -220,7 +212,7 @@ class LossMethod(Method):
     Two tricks of FlexSampling's repository (issue 15) for every loss, each a keyword a subclass
     declares in its own ``__init__`` (so ``get_params`` sees it) and passes on here:
 
-    * ``sampler``: the one training stream's sampler (``ltbench.data.loader.SAMPLERS``: ``instance``,
+    * ``sampler``: the one training stream's sampler (``ltbench.data.samplers.SAMPLERS``: ``instance``,
       ``class_balanced``, ``reversed``, ``class_aware``); ``"instance"`` runs :meth:`Method.stages`
       unchanged.
     * ``mixup_alpha``: mixup of the first view with λ ~ Beta(α, α) once per batch
@@ -232,8 +224,6 @@ class LossMethod(Method):
 
     def __init__(self, sampler: str = "instance", mixup_alpha: float = 0.0) -> None:
         super().__init__()
-        from ltbench.data.loader import SAMPLERS  # the loader imports this module
-
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         if not (isinstance(mixup_alpha, (int, float)) and 0.0 <= mixup_alpha < float("inf")):
@@ -243,8 +233,6 @@ class LossMethod(Method):
 
     def setup(self, info: TrainInfo) -> None:
         if getattr(self, "mixup_alpha", 0.0) > 0:
-            from ltbench.losses import mixup_generator
-
             self.register_buffer("mixup_generator_state", mixup_generator(info.seed).get_state())
 
     def stages(self, info: TrainInfo) -> list[Stage]:
@@ -256,8 +244,6 @@ class LossMethod(Method):
         if not getattr(self, "mixup_alpha", 0.0) > 0:
             logits = model(batch.views[0])
             return self.loss(logits.float(), batch.labels)
-        from ltbench.losses import draw_mixup, mix_inputs, mixup_criterion
-
         state = getattr(self, "mixup_generator_state", None)
         if state is None:
             raise RuntimeError(f"{type(self).__name__}: mixup_alpha > 0 but LossMethod.setup was not called "

@@ -9,15 +9,14 @@ from __future__ import annotations
 import fnmatch
 import importlib
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import Callable, TypeVar
 
+from ltbench.data.augment.presets import PRESET_SOURCES
 from ltbench.errors import LtbenchError
-
-if TYPE_CHECKING:
-    from ltbench.method import Method
+from ltbench.method import Method
 
 ENTRY_POINT_GROUP = "ltbench.methods"
-_METHODS: dict[str, type["Method"]] = {}
+_METHODS: dict[str, type[Method]] = {}
 _loaded = False
 
 M = TypeVar("M", bound=type)
@@ -49,8 +48,6 @@ def _load_all() -> None:
     if _loaded:
         return
     importlib.import_module("ltbench.methods")
-    from ltbench.method import Method
-
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             target = ep.load()  # importing the module runs its @register_method
@@ -68,7 +65,7 @@ def list_methods(pattern: str = "*") -> list[str]:
     return sorted(n for n in _METHODS if fnmatch.fnmatch(n, pattern))
 
 
-def get_method_class(name: str) -> type["Method"]:
+def get_method_class(name: str) -> type[Method]:
     _load_all()
     try:
         return _METHODS[name]
@@ -77,10 +74,15 @@ def get_method_class(name: str) -> type["Method"]:
         raise LtbenchError(f"unknown method {name!r}; known methods: {known}") from None
 
 
-def create_method(name: str, **params) -> "Method":
+def create_method(name: str, **params) -> Method:
     """Instantiate a registered method with its keyword hyperparameters."""
     cls = get_method_class(name)
     try:
         return cls(**params)
     except (TypeError, ValueError) as exc:
         raise LtbenchError(f"method {name!r}: bad parameters {params}: {exc}") from None
+
+
+# Methods and method plug-ins register their augmentation presets when they are imported: a preset
+# name the data layer does not know yet loads them first (ltbench.data.augment.presets).
+PRESET_SOURCES.append(list_methods)

@@ -480,7 +480,7 @@ def check_methods_on_data(rows: dict[str, tuple[str, dict]], config: TrainConfig
     """
     import torch
 
-    from ltbench.data.loader import steps_per_epoch
+    from ltbench.data.samplers import steps_per_epoch
     from ltbench.method import TrainInfo
     from ltbench.models import build_backbone
     from ltbench.trainer import resolve_device

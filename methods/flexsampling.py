@@ -451,7 +451,7 @@ class FlexSampling(Method):
             raise ValueError(f"flexsampling: loss must be one of {LOSSES}, got {loss!r}")
         if not 0.0 <= cb_beta < 1.0 or cb_gamma < 0:
             raise ValueError("flexsampling: cb_beta must be in [0, 1) and cb_gamma >= 0")
-        from ltbench.data.loader import SAMPLERS
+        from ltbench.data.samplers import SAMPLERS
 
         if sampler != "instance" and sampler not in SAMPLERS:
             if sampler == "class_aware":

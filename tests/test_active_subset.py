@@ -17,7 +17,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ltbench.store.checkpoint import CheckpointStore
 from ltbench.data.augment import get_augmentation
-from ltbench.data.loader import steps_per_epoch
+from ltbench.data.samplers import steps_per_epoch
 from ltbench.errors import LtbenchError
 from ltbench.method import LossMethod
 from ltbench.trainer import Trainer

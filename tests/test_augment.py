@@ -11,6 +11,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from ltbench.data import augment as A
+from ltbench.data.augment import colour, geometry, presets
 from ltbench.errors import LtbenchError
 from tests.helpers import torchvision_resizes_uint8_natively
 
@@ -123,7 +124,7 @@ def test_flip_through_the_grid_path() -> None:
 def _geometry(images: torch.Tensor, hflip: bool, vflip: bool, angle: float) -> torch.Tensor:
     """Apply the grid path with fixed parameters (float images, output same square size)."""
     n, _, h, w = images.shape
-    theta = A.affine_matrices(None, h, w, torch.full((n,), hflip), torch.full((n,), vflip),
+    theta = geometry.affine_matrices(None, h, w, torch.full((n,), hflip), torch.full((n,), vflip),
                               torch.full((n,), angle)).float()
     grid = F.affine_grid(theta, [n, 3, h, w], align_corners=False)
     return F.grid_sample(images, grid, align_corners=False)
@@ -131,7 +132,7 @@ def _geometry(images: torch.Tensor, hflip: bool, vflip: bool, angle: float) -> t
 
 def test_affine_grid_equals_torch() -> None:
     theta = torch.randn(5, 2, 3, generator=_gen())
-    torch.testing.assert_close(A.affine_grid(theta, (7, 11)),
+    torch.testing.assert_close(geometry.affine_grid(theta, (7, 11)),
                                F.affine_grid(theta, [5, 3, 7, 11], align_corners=False))
 
 
@@ -167,7 +168,7 @@ def test_crop_matrix_matches_torchvision_resized_crop() -> None:
     images = TF.to_dtype(_random_uint8(1, 240, 320), torch.float32, scale=True)
     box = torch.tensor([[30.0, 50.0, 200.0, 160.0]])  # top, left, h, w
     no = torch.zeros(1, dtype=torch.bool)
-    theta = A.affine_matrices(box, 240, 320, no, no, torch.zeros(1)).float()
+    theta = geometry.affine_matrices(box, 240, 320, no, no, torch.zeros(1)).float()
     grid = F.affine_grid(theta, [1, 3, 100, 100], align_corners=False)
     ours = F.grid_sample(images, grid, align_corners=False)
     ref = TF.resized_crop(images, 30, 50, 200, 160, [100, 100], antialias=False)
@@ -175,7 +176,7 @@ def test_crop_matrix_matches_torchvision_resized_crop() -> None:
 
 
 def test_crop_boxes_follow_random_resized_crop() -> None:
-    boxes = A.sample_crop_boxes(2000, 300, 400, (0.8, 1.0), (3 / 4, 4 / 3), _gen())
+    boxes = geometry.sample_crop_boxes(2000, 300, 400, (0.8, 1.0), (3 / 4, 4 / 3), _gen())
     top, left, h, w = boxes.unbind(1)
     assert (top >= 0).all() and (left >= 0).all()
     assert (top + h <= 300).all() and (left + w <= 400).all()
@@ -187,15 +188,15 @@ def test_crop_boxes_follow_random_resized_crop() -> None:
 
 
 def test_crop_fallback_is_central() -> None:
-    boxes = A.sample_crop_boxes(5, 100, 100, (0.9, 1.0), (3.0, 4.0), _gen())
+    boxes = geometry.sample_crop_boxes(5, 100, 100, (0.9, 1.0), (3.0, 4.0), _gen())
     # No 3:1 box of ≥ 90 % area fits a square: torchvision falls back to the centre, ratio 3.
     assert boxes.tolist() == [[33.0, 0.0, 33.0, 100.0]] * 5
 
 
 def test_presample_size() -> None:
     side = math.sqrt(0.8 * 0.75)
-    assert A.presample_size(768, 1024, 224, side) == (290, 290)
-    assert A.presample_size(256, 256, 224, side) == (256, 256)
+    assert geometry.presample_size(768, 1024, 224, side) == (290, 290)
+    assert geometry.presample_size(256, 256, 224, side) == (256, 256)
 
 
 def test_large_source_is_antialiased_before_grid_sample() -> None:
@@ -216,16 +217,16 @@ def test_large_source_is_antialiased_before_grid_sample() -> None:
 @pytest.mark.parametrize("factor", [0.6, 1.0, 1.4])
 def test_brightness_contrast_saturation_match_torchvision(factor: float) -> None:
     img = _float_image()
-    for ours, ref in [(A.adjust_brightness, TF.adjust_brightness),
-                      (A.adjust_contrast, TF.adjust_contrast),
-                      (A.adjust_saturation, TF.adjust_saturation)]:
+    for ours, ref in [(colour.adjust_brightness, TF.adjust_brightness),
+                      (colour.adjust_contrast, TF.adjust_contrast),
+                      (colour.adjust_saturation, TF.adjust_saturation)]:
         torch.testing.assert_close(ours(img, factor), ref(img, factor), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("shift", [-0.5, -0.1, 0.0, 0.07, 0.3, 0.5])
 def test_hue_matches_torchvision(shift: float) -> None:
     img = torch.cat([_float_image(), torch.full((1, 3, 32, 32), 0.4)], dim=-1)  # incl. grey
-    torch.testing.assert_close(A.adjust_hue(img, shift), TF.adjust_hue(img, shift),
+    torch.testing.assert_close(colour.adjust_hue(img, shift), TF.adjust_hue(img, shift),
                                atol=1e-5, rtol=0)
 
 
@@ -233,18 +234,18 @@ def test_hue_handles_ties_and_extremes() -> None:
     # Few levels → many pixels where two channels share the maximum, plus pure black/white.
     img = torch.randint(0, 4, (2, 3, 16, 16), generator=_gen(4)).float() / 3
     for shift in (-0.5, -0.25, 0.1, 0.5):
-        torch.testing.assert_close(A.adjust_hue(img, shift), TF.adjust_hue(img, shift),
+        torch.testing.assert_close(colour.adjust_hue(img, shift), TF.adjust_hue(img, shift),
                                    atol=1e-5, rtol=0)
 
 
 def test_colour_factors_are_per_sample() -> None:
     imgs = torch.cat([_float_image(1), _float_image(2), _float_image(3)])
     factors = torch.tensor([0.7, 1.0, 1.3])
-    for ours, ref in [(A.adjust_brightness, TF.adjust_brightness),
-                      (A.adjust_contrast, TF.adjust_contrast),
-                      (A.adjust_saturation, TF.adjust_saturation),
-                      (A.adjust_hue, TF.adjust_hue)]:
-        batch = ours(imgs, factors - 1.0 if ours is A.adjust_hue else factors)
+    for ours, ref in [(colour.adjust_brightness, TF.adjust_brightness),
+                      (colour.adjust_contrast, TF.adjust_contrast),
+                      (colour.adjust_saturation, TF.adjust_saturation),
+                      (colour.adjust_hue, TF.adjust_hue)]:
+        batch = ours(imgs, factors - 1.0 if ours is colour.adjust_hue else factors)
         for i, f in enumerate(factors.tolist()):
             expected = ref(imgs[i:i + 1], f - 1.0 if ref is TF.adjust_hue else f)
             torch.testing.assert_close(batch[i:i + 1], expected, atol=1e-5, rtol=0)
@@ -252,7 +253,7 @@ def test_colour_factors_are_per_sample() -> None:
 
 def test_grayscale_matches_torchvision() -> None:
     img = _float_image()
-    torch.testing.assert_close(A.rgb_to_grayscale(img), TF.rgb_to_grayscale(img), atol=1e-6,
+    torch.testing.assert_close(colour.rgb_to_grayscale(img), TF.rgb_to_grayscale(img), atol=1e-6,
                                rtol=0)
     out = A.BatchAugment(S, grayscale_p=1.0)(_random_uint8(2, S, S), _gen())
     raw = _unnormalise(out)
@@ -326,8 +327,8 @@ def test_cuda_batch_matches_cpu() -> None:
 
 def test_builtin_presets_are_registered() -> None:
     assert {"eval", "standard", "contrastive"} <= set(A.list_augmentations())
-    assert A.PRESETS["contrastive"] is A.contrastive_augment
-    A.register_augmentation("standard", A.standard_augment)  # the same factory again: a no-op
+    assert A.PRESETS["contrastive"] is presets.contrastive_augment
+    A.register_augmentation("standard", presets.standard_augment)  # the same factory again: a no-op
     with pytest.raises(ValueError, match="'standard' is already registered"):
         A.register_augmentation("standard", lambda size: A.BatchAugment(size))
     with pytest.raises(TypeError, match="callable"):
@@ -399,7 +400,7 @@ def test_rotation_corners_are_black_and_nothing_comes_from_outside_the_crop() ->
     img[..., 25:75, 25:75] = 255
     box = torch.tensor([[25.0, 25.0, 50.0, 50.0]])
     no = torch.zeros(1, dtype=torch.bool)
-    grid = A.geometry_grid(box, 100, 100, no, no, torch.tensor([45.0]), S, (100, 100))
+    grid = geometry.geometry_grid(box, 100, 100, no, no, torch.tensor([45.0]), S, (100, 100))
     out = F.grid_sample(img.float() / 255, grid, align_corners=False)
     values = set(out.flatten().round(decimals=5).tolist())
     assert values == {0.0, 1.0}
@@ -407,6 +408,6 @@ def test_rotation_corners_are_black_and_nothing_comes_from_outside_the_crop() ->
     corner_share = (out[0, 0] == 0).float().mean().item()
     assert abs(corner_share - (1 - 2 * (2 ** 0.5 - 1))) < 0.01
     # The whole-image affine grid of the landed code filled those corners with the grey surround.
-    theta = A.affine_matrices(box, 100, 100, no, no, torch.tensor([45.0])).float()
-    old = F.grid_sample(img.float() / 255, A.affine_grid(theta, (S, S)), align_corners=False)
+    theta = geometry.affine_matrices(box, 100, 100, no, no, torch.tensor([45.0])).float()
+    old = F.grid_sample(img.float() / 255, geometry.affine_grid(theta, (S, S)), align_corners=False)
     assert ((old - 128 / 255).abs() < 1e-3).float().mean() > 0.1

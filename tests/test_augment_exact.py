@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from ltbench.data import augment as A
+from ltbench.data.augment import batch, colour, geometry
 from ltbench.data.cache import decode_image
 from tests.conftest import REPO, shared_data_dir
 from tests.reference import augment_1210f97 as BEFORE
@@ -159,21 +160,21 @@ def test_in_place_hue_equals_adjust_hue_bit_for_bit(shift: float) -> None:
     x = _colour_batch()
     shifts = torch.full((x.shape[0],), shift)
     shifts[::3] = -shifts[::3]  # per-sample shifts of both signs in one call
-    assert torch.equal(A._hue_(x.clone(), shifts), A.adjust_hue(x, shifts))
+    assert torch.equal(colour._hue_(x.clone(), shifts), colour.adjust_hue(x, shifts))
 
 
 def test_in_place_hue_on_the_preset_range() -> None:
     x = _colour_batch(n=12, side=64, seed=5)
     for seed in range(3):
         shifts = torch.empty(x.shape[0]).uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(seed))
-        assert torch.equal(A._hue_(x.clone(), shifts), A.adjust_hue(x, shifts))
+        assert torch.equal(colour._hue_(x.clone(), shifts), colour.adjust_hue(x, shifts))
 
 
 def test_in_place_colour_ops_equal_the_functional_ones() -> None:
     x = _colour_batch()
     factors = torch.linspace(0.0, 1.6, x.shape[0])  # lerp's two branches (weight below / above 0.5)
-    for in_place, functional in ((A._brightness_, A.adjust_brightness), (A._contrast_, A.adjust_contrast),
-                                 (A._saturation_, A.adjust_saturation)):
+    for in_place, functional in ((colour._brightness_, colour.adjust_brightness), (colour._contrast_, colour.adjust_contrast),
+                                 (colour._saturation_, colour.adjust_saturation)):
         assert torch.equal(in_place(x.clone(), factors), functional(x, factors)), functional.__name__
 
 
@@ -186,16 +187,16 @@ def test_normalise_equals_addcmul_everywhere() -> None:
     for width in (256 * 33, 256 + 7, 1, 5):
         x = levels.repeat(3 * width // 256 + 1)[: 3 * width].view(1, 3, 1, width)
         x = torch.cat([x, torch.rand(2, 3, 1, width, generator=torch.Generator().manual_seed(width))])
-        assert torch.equal(A.normalise(x, A.IMAGENET_MEAN, A.IMAGENET_STD), torch.addcmul(bias, x, scale))
+        assert torch.equal(batch.normalise(x, A.IMAGENET_MEAN, A.IMAGENET_STD), torch.addcmul(bias, x, scale))
     channels_last = torch.rand(2, 3, 9, 11).contiguous(memory_format=torch.channels_last)
-    out = A.normalise(channels_last, A.IMAGENET_MEAN, A.IMAGENET_STD)
+    out = batch.normalise(channels_last, A.IMAGENET_MEAN, A.IMAGENET_STD)
     ref = torch.addcmul(bias, channels_last, scale)
     assert torch.equal(out, ref) and out.stride() == ref.stride()
 
 
 def test_interleave_equals_stack() -> None:
     gx, gy = torch.rand(3, 5, 7), torch.rand(3, 5, 7)
-    out, ref = A._interleave(gx, gy), torch.stack((gx, gy), dim=-1)
+    out, ref = geometry._interleave(gx, gy), torch.stack((gx, gy), dim=-1)
     assert torch.equal(out, ref) and out.stride() == ref.stride()
 
 

@@ -32,6 +32,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from ltbench.data import augment as A
+from ltbench.data.augment import geometry
 from ltbench.data.cache import decode_image
 
 CACHE = 256
@@ -151,7 +152,7 @@ def test_a_crop_touching_the_border_is_exact_without_rotation(cached: torch.Tens
 def _fixed(imgs: torch.Tensor, box, hflip: bool, vflip: bool, angle: float, height=CACHE, width=CACHE,
            sampled=(CACHE, CACHE)) -> torch.Tensor:
     n = imgs.shape[0]
-    grid = A.geometry_grid(torch.tensor([box] * n, dtype=torch.float64), height, width,
+    grid = geometry.geometry_grid(torch.tensor([box] * n, dtype=torch.float64), height, width,
                            torch.full((n,), hflip), torch.full((n,), vflip), torch.full((n,), angle), S,
                            sampled)
     return F.grid_sample(imgs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -204,7 +205,7 @@ def test_a_crop_drawn_on_the_original_geometry_maps_per_axis() -> None:
 @pytest.mark.parametrize("height,width", [(450, 600), (1024, 1024)])
 def test_crop_boxes_match_random_resized_crop_get_params(height: int, width: int) -> None:
     n = 3000
-    ours = A.sample_crop_boxes(n, height, width, (0.8, 1.0), (3 / 4, 4 / 3), _gen(5)).numpy()
+    ours = geometry.sample_crop_boxes(n, height, width, (0.8, 1.0), (3 / 4, 4 / 3), _gen(5)).numpy()
     torch.manual_seed(5)
     img = torch.empty(1, height, width)
     ref = np.array([T.RandomResizedCrop.get_params(img, [0.8, 1.0], [3 / 4, 4 / 3]) for _ in range(n)],
@@ -226,7 +227,7 @@ def test_crop_boxes_match_random_resized_crop_get_params(height: int, width: int
 def test_crop_boxes_per_sample_geometry() -> None:
     heights = torch.tensor([450.0, 1024.0] * 500)
     widths = torch.tensor([600.0, 1024.0] * 500)
-    boxes = A.sample_crop_boxes(1000, heights, widths, (0.8, 1.0), (3 / 4, 4 / 3), _gen(2))
+    boxes = geometry.sample_crop_boxes(1000, heights, widths, (0.8, 1.0), (3 / 4, 4 / 3), _gen(2))
     assert (boxes[:, 0] + boxes[:, 2] <= heights).all() and (boxes[:, 1] + boxes[:, 3] <= widths).all()
     wide = boxes[0::2]
     assert ((wide[:, 3] / 600) / (wide[:, 2] / 450)).max() <= 1.0 + 1e-9

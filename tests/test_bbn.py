@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from ltbench.data.loader import epoch_indices
+from ltbench.data.samplers import epoch_indices
 from ltbench.errors import LtbenchError
 from ltbench.method import Batch, TrainInfo
 from ltbench.methods.bbn import BBN, BBNNetwork, bbn_accuracy, bbn_loss, bbn_mix_features

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ltbench import create_method
-from ltbench.data.loader import SAMPLERS, class_aware_order, epoch_indices, steps_per_epoch
+from ltbench.data.samplers import SAMPLERS, class_aware_order, epoch_indices, steps_per_epoch
 from ltbench.methods.ce import CrossEntropy
 from ltbench.trainer import Trainer
 from tests.helpers import cpu_config, synthetic_data

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ltbench import create_method
 from ltbench.store.checkpoint import CheckpointStore
 from ltbench.data.augment import get_augmentation
-from ltbench.data.loader import steps_per_epoch
+from ltbench.data.samplers import steps_per_epoch
 from ltbench.errors import LtbenchError
 from ltbench.method import TrainInfo
 from ltbench.methods import flexsampling as fs
@@ -364,7 +364,7 @@ def test_bad_parameters_are_one_line_errors():
         create_method("flexsampling", loss="ldam")
     with pytest.raises(LtbenchError, match="label_smoothing"):
         create_method("flexsampling", loss="cb_focal", label_smoothing=0.1)
-    from ltbench.data.loader import SAMPLERS
+    from ltbench.data.samplers import SAMPLERS
 
     if "class_aware" in SAMPLERS:
         assert create_method("flexsampling", sampler="class_aware").sampler == "class_aware"

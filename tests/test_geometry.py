@@ -10,7 +10,8 @@ import torch
 
 from ltbench.bench import load_benchmark
 from ltbench.data import augment as A
-from ltbench.data import randaugment as R
+from ltbench.data.augment import batch
+from ltbench.data.augment import randaugment as R
 from ltbench.data.datasets import DATASETS, DIGITS_GEOMETRY, get_dataset, register_dataset
 from ltbench.data.geometry import ANY_GEOMETRY, DEFAULT_GEOMETRY, ViewGeometry
 from ltbench.errors import LtbenchError
@@ -106,7 +107,7 @@ def test_batch_augment_restricted_drops_flips_and_caps_the_rotation():
 
 def test_standard_without_flips_is_standard_with_its_flips_undone():
     """The jitter commutes with a flip: the restricted view is the preset's output flipped back where it flipped."""
-    images = _images(A.CPU_CHUNK)  # one chunk: sample_geometry draws what forward draws
+    images = _images(batch.CPU_CHUNK)  # one chunk: sample_geometry draws what forward draws
     full = A.get_augmentation("standard", S)
     flipped = full.sample_geometry(len(images), 20, 20, _gen()).hflip
     assert 0 < int(flipped.sum()) < len(images)

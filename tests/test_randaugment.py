@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from ltbench.data import augment as A
-from ltbench.data import randaugment as R
+from ltbench.data.augment import randaugment as R
 
 S = 32
 FILL = list(R.IMAGENET_FILL)

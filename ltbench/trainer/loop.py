@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from ltbench.store.checkpoint import CheckpointStore, hook, plain, rng_state, set_rng_state, unplain
 from ltbench.data.augment import get_augmentation
 from ltbench.data.geometry import ANY_GEOMETRY, ViewGeometry
-from ltbench.data.loader import TrainStream, eval_batches, steps_per_epoch
+from ltbench.data.loader import TrainStream, eval_batches
+from ltbench.data.samplers import steps_per_epoch
 from ltbench.config import TrainConfig
 from ltbench.errors import LtbenchError
 from ltbench.method import Method, RunAccess, TrainInfo

@@ -63,7 +63,6 @@ limit; shears and translations are kept.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -71,7 +70,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ltbench.data import augment as _augment
+from ltbench.data.augment.batch import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, normalise
+from ltbench.data.augment.colour import ColorJitter, adjust_brightness, adjust_contrast, adjust_saturation
+from ltbench.data.augment.geometry import affine_grid
+from ltbench.data.augment.presets import register_augmentation
 from ltbench.data.geometry import ViewGeometry
 
 _MAX_LEVEL = 10.0
@@ -82,7 +84,7 @@ BCL_OPS: tuple[str, ...] = (
     "TranslateYRel",
 )
 #: ``img_mean`` of BCL's ``ra_params``: round(255 · ImageNet mean), as a [0, 1] colour.
-IMAGENET_FILL: tuple[float, float, float] = tuple(min(255, round(255 * m)) / 255 for m in _augment.IMAGENET_MEAN)
+IMAGENET_FILL: tuple[float, float, float] = tuple(min(255, round(255 * m)) / 255 for m in IMAGENET_MEAN)
 #: Rotate's level at magnitude 10, in degrees (``_rotate_level_to_arg``: ``(level / 10) · 30``).
 MAX_ROTATE = 30.0
 _GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
@@ -179,9 +181,9 @@ COLOUR_OPS: dict[str, OpFn] = {
     "PosterizeTpu": posterize,
     "Solarize": solarize,
     "SolarizeAdd": solarize_add,
-    "Color": _enhance(_augment.adjust_saturation),
-    "Contrast": _enhance(_augment.adjust_contrast),
-    "Brightness": _enhance(_augment.adjust_brightness),
+    "Color": _enhance(adjust_saturation),
+    "Contrast": _enhance(adjust_contrast),
+    "Brightness": _enhance(adjust_brightness),
     "Sharpness": adjust_sharpness,
 }
 
@@ -229,7 +231,7 @@ def warp(images: Tensor, inverse: Tensor, fill: tuple[float, float, float] = IMA
     theta[:, :, :2] = inverse[:, :, :2] * from_norm * to_norm
     theta[:, :, 2] = inverse[:, :, 2] * to_norm[:, :, 0]
     theta = theta.to(device=images.device, dtype=images.dtype)
-    grid = _augment.affine_grid(theta, (height, width))
+    grid = affine_grid(theta, (height, width))
     fill_t = torch.tensor(fill, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     out = F.grid_sample(images - fill_t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.add_(fill_t)
@@ -367,9 +369,9 @@ class RandAugment(torch.nn.Module):
 class RandAugmentView(torch.nn.Module):
     """A base view (un-normalised ``BatchAugment``), then RandAugment, then normalisation."""
 
-    def __init__(self, base: _augment.BatchAugment, randaugment: RandAugment,
-                 mean: tuple[float, ...] = _augment.IMAGENET_MEAN,
-                 std: tuple[float, ...] = _augment.IMAGENET_STD) -> None:
+    def __init__(self, base: BatchAugment, randaugment: RandAugment,
+                 mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD) -> None:
         super().__init__()
         if any(m != 0 for m in base.mean) or any(s != 1 for s in base.std):
             raise ValueError("RandAugmentView: the base view must not normalise (mean 0, std 1)")
@@ -382,7 +384,7 @@ class RandAugmentView(torch.nn.Module):
         """``augment(images, generator, sizes=None)``, the signature of every preset."""
         x = self.randaugment(self.base(images, generator, sizes=sizes), generator)
         # The same fused (x − mean)/std as BatchAugment, so RandAugment off gives its bits.
-        return _augment.normalise(x, self.mean, self.std)
+        return normalise(x, self.mean, self.std)
 
     def restricted(self, geometry: ViewGeometry) -> RandAugmentView:
         """The view without the flips a dataset forbids, Rotate capped at its rotation limit
@@ -397,9 +399,9 @@ class RandAugmentView(torch.nn.Module):
         return view
 
 
-@_augment.register_augmentation("randaugment")
+@register_augmentation("randaugment")
 def randaugment_augment(size: int) -> RandAugmentView:
     """The ``randaugment`` preset: the ``standard`` classifier view + BCL's rand-n2-m10-mstd0.5."""
-    base = _augment.BatchAugment(size, hflip_p=0.5, jitter=_augment.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
+    base = BatchAugment(size, hflip_p=0.5, jitter=ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
                                  mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     return RandAugmentView(base, RandAugment())

@@ -18,26 +18,26 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ltbench.store.checkpoint import CheckpointStore, hook, plain, rng_state, set_rng_state, unplain
+from ltbench.config import TrainConfig
 from ltbench.data.augment import get_augmentation
 from ltbench.data.geometry import ANY_GEOMETRY, ViewGeometry
 from ltbench.data.loader import TrainStream, eval_batches
 from ltbench.data.samplers import steps_per_epoch
-from ltbench.config import TrainConfig
 from ltbench.errors import LtbenchError
 from ltbench.method import Method, RunAccess, TrainInfo
 from ltbench.metrics import HEADLINE, compute_metrics
 from ltbench.models import build_backbone
 from ltbench.schedules import stage_lr
+from ltbench.stages import Stage, stage_bounds, stream_specs
+from ltbench.store.checkpoint import CheckpointStore, hook, plain, rng_state, set_rng_state, unplain
 from ltbench.trainer.probe import fit_linear_probe, linear_inputs
 from ltbench.trainer.selection import Candidates, selection_score
-from ltbench.stages import Stage, stage_bounds, stream_specs
 
 
 @dataclass
@@ -98,6 +98,32 @@ def _state_copy(module: torch.nn.Module) -> dict:
             for k, v in module.state_dict().items()}
 
 
+@dataclass
+class _Run:
+    """The state of one ``Trainer.fit``, shared by the steps it is made of."""
+
+    method: Method
+    model: torch.nn.Module
+    step_model: torch.nn.Module  # the compiled model when compile=True: training steps use it
+    data: DataBundle
+    info: TrainInfo
+    stages: list[Stage]
+    bounds: list[tuple[int, int]]  # stage k covers epochs [start, end)
+    access: RunAccess
+    requires_grad: list[bool]  # every parameter's flag before the run, restored after it
+    checkpoint: CheckpointStore | None
+    start_time: float
+    train_labels: np.ndarray
+    candidates: Candidates  # every rule's choice and its test pass, for the report only
+    test_probs: Callable[[], np.ndarray]
+    augmentations: dict[str, torch.nn.Module] = field(default_factory=dict)  # one module per preset, shared
+    history: list[dict] = field(default_factory=list)
+    best: tuple = (-math.inf, -1, None, None, None)  # score, epoch, model state, method state, val output
+    resume: dict | None = None  # a checkpoint's state, until the stage it was saved in takes it
+    first_epoch: int = 0
+    elapsed: float = 0.0  # wall time of the attempts before a resume
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, progress: bool = True, desc: str = "") -> None:
         self.config = config
@@ -112,13 +138,26 @@ class Trainer:
     def fit(self, method: Method, data: DataBundle, checkpoint: CheckpointStore | None = None) -> RunOutput:
         """Train and test ``method``; with ``checkpoint``, resume from its last epoch and save every epoch.
 
-        ``self.epoch`` is the epoch being trained (None before the first), for failure records.
+        Reads as the loop of docs/architecture.md. ``self.epoch`` is the epoch being trained (None
+        before the first), for failure records.
         """
+        self.epoch: int | None = None
+        run = self._start(method, data, checkpoint)  # seed, setup, build_model, stages, on_train_start
+        self._resume(run)  # a checkpoint's state replaces what the epochs so far produced
+        bar = self._progress_bar(run)
+        for k, (stage, (start, end)) in enumerate(zip(run.stages, run.bounds)):
+            if stage.probe is not None:  # the last stage: a closed-form fit, no epochs
+                self._probe_stage(run, k, stage, end)
+            elif end > max(start, run.first_epoch):  # a stage of length 0, or finished before a resume: skipped
+                self._train_stage(run, k, stage, start, end, bar)
+        bar.close()
+        return self._test(run)
+
+    def _start(self, method: Method, data: DataBundle, checkpoint: CheckpointStore | None) -> _Run:
+        """Everything before the first epoch, in the loop's order; a resumed run repeats it exactly."""
         cfg, device = self.config, self.device
         run_start = time.perf_counter()
-        self.epoch: int | None = None
         seed_everything(cfg.seed)
-        train_labels = data.labels[data.train]
         info = TrainInfo(
             class_counts=tuple(data.counts(data.train)), class_names=tuple(data.class_names),
             epochs=cfg.epochs, steps_per_epoch=steps_per_epoch(len(data.train), cfg.batch_size), device=device,
@@ -134,153 +173,193 @@ class Trainer:
         step_model = torch.compile(model) if cfg.compile else model
         stages = method.stages(info)
         bounds = stage_bounds(stages, cfg.epochs)
-        total = bounds[-1][1]  # the budget E plus the epochs of stages beyond it
         if not any(stage.selectable and (end > start or stage.probe is not None)
                    for stage, (start, end) in zip(stages, bounds)):
             raise LtbenchError(f"method {method.name!r}: no stage with epochs is selectable as the "
                                "best-validation checkpoint")
         requires_grad = [p.requires_grad for p in model.parameters()]  # restored after the run
-        augmentations: dict[str, torch.nn.Module] = {}  # one module per preset, shared by streams
         access = RunAccess(self, method, model, data, info)
         method.on_train_start(access)  # before a resume's state is loaded: a first attempt's draws
         access.take_reset()  # no optimiser exists yet: a reset asked for here has nothing to clear
+        return _Run(method=method, model=model, step_model=step_model, data=data, info=info, stages=stages,
+                    bounds=bounds, access=access, requires_grad=requires_grad, checkpoint=checkpoint,
+                    start_time=run_start, train_labels=data.labels[data.train],
+                    candidates=Candidates(cfg.select_metric),
+                    test_probs=lambda: self.evaluate(method, model, data, data.test)["probs"])
 
-        history: list[dict] = []
-        best = (-math.inf, -1, None, None, None)  # score, epoch, model state, method state, val output
-        candidates = Candidates(cfg.select_metric)  # every rule's choice and its test pass, for the report only
-        test_probs = lambda: self.evaluate(method, model, data, data.test)["probs"]  # noqa: E731
-        # Resumption (ltbench/store/checkpoint.py): everything above ran as in the first attempt (same RNG
-        # draws); now the saved state replaces what the epochs so far produced.
-        resume = checkpoint.load() if checkpoint is not None else None
-        first_epoch, elapsed = 0, 0.0
+    @staticmethod
+    def _resume(run: _Run) -> None:
+        """Resumption (ltbench/store/checkpoint.py): everything before the first epoch ran as in the first
+        attempt (same RNG draws); now the saved state replaces what the epochs so far produced. The stage
+        being trained takes its optimiser, streams and RNG states when it starts (:meth:`_train_stage`)."""
+        resume = run.checkpoint.load() if run.checkpoint is not None else None
         if resume is not None:
-            model.load_state_dict(resume["model"])
-            method.load_state_dict(resume["method"])
-            history = unplain(resume["history"])
-            best = tuple(unplain(resume["best"]))
-            candidates.load(unplain(resume.get("candidates")))
-            first_epoch, elapsed = resume["epoch"] + 1, resume["wall_time_s"]
-        bar = tqdm(total=total * info.steps_per_epoch, initial=first_epoch * info.steps_per_epoch,
-                   desc=self.desc or method.name, unit="step",
-                   disable=None if self.progress else True, leave=False, dynamic_ncols=True)  # None: bar only on a terminal
-        for k, (stage, (start, end)) in enumerate(zip(stages, bounds)):
-            if stage.probe is not None:  # the last stage: a closed-form fit after every epoch
-                self.epoch = end
-                trained = self._trained_modules(model, stage, k)
-                val, record = self._fit_probe(method, model, data, stage, trained[0], info)
-                history.append(record)
-                score = selection_score(val["metrics"], cfg.select_metric, end)
-                if stage.selectable and (score > best[0] or best[2] is None):  # ties keep the earlier epoch
-                    best = (score, end, _state_copy(model), _state_copy(method), val)
-                candidates.offer(end, val["metrics"], stage.selectable, test_probs)
-                continue
-            if end == start or end <= first_epoch:
-                continue
-            inside = start < first_epoch  # resuming in the middle of this stage
-            if resume is not None and not inside:  # resuming at the start of this stage
-                set_rng_state(resume["rng"])
-                resume = None
-            trained = self._trained_modules(model, stage, k)
-            params = self._trainable_parameters(model, trained, requires_grad)
-            base_lr = cfg.lr if stage.lr is None else stage.lr
-            optimizer = self._optimizer(params, stage, base_lr)
-            active = self._active_positions(method, len(data.train))
-            streams = self._streams(method, stage, k, data, train_labels, augmentations, active)
-            if resume is not None and inside:  # the stage's fresh optimiser and streams take their saved state
-                optimizer.load_state_dict(resume["optimizer"])
-                for stream, state in zip(streams, resume["streams"]):
-                    stream.generator.set_state(state)
-                set_rng_state(resume["rng"])  # last: building the stage may draw from the global RNGs
-                resume = None
-            for epoch in range(max(start, first_epoch), end):
-                self.epoch = epoch
-                now_active = self._active_positions(method, len(data.train))
-                if not _same_rows(now_active, active):  # the method changed its training subset
-                    active = now_active
-                    for stream in streams:
-                        stream.close()
-                    streams = self._streams(method, stage, k, data, train_labels, augmentations, active,
-                                            generators=[s.generator for s in streams])
-                lr = stage_lr(base_lr, epoch - start, end - start, stage.lr_schedule or cfg.lr_schedule,
-                              cfg.lr_milestones if stage.lr_milestones is None else stage.lr_milestones,
-                              cfg.lr_gamma if stage.lr_gamma is None else stage.lr_gamma,
-                              cfg.warmup_epochs if stage.warmup_epochs is None else stage.warmup_epochs,
-                              cfg.warmup_start_factor)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                model.train()
-                if trained is not None:  # frozen parts in eval mode: BatchNorm statistics stay put
-                    model.eval()
-                    for module in trained:
-                        module.train()
-                method.train()
-                method.on_epoch_start(epoch)
-                loss_sum = torch.zeros((), device=device)
-                log_sums: dict[str, torch.Tensor] = {}
-                epoch_start = time.perf_counter()
-                steps = min(len(stream) for stream in streams)  # zip stops at the shortest stream
-                for batches in zip(*streams):
-                    with self.autocast():
-                        out = method.training_step(step_model, *batches)
-                    loss, logs = out if isinstance(out, tuple) else (out, {})
-                    if not loss.requires_grad:
-                        bar.close()
-                        raise LtbenchError(f"method {method.name!r}: the loss of stage {k} ({stage.name or 'unnamed'}) "
-                                           f"depends on no parameter it trains ({stage.trains or 'the whole model'})")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    # Accumulate on the device: no .item() sync per step.
-                    loss_sum += loss.detach().float()
-                    for key, value in logs.items():
-                        log_sums[key] = log_sums.get(key, 0.0) + value.detach().float()
-                    bar.update()
-                    hook("step")
-                train_loss = loss_sum.item() / steps
-                if not math.isfinite(train_loss):
-                    bar.close()
-                    raise LtbenchError(f"method {method.name!r}: the training loss became {train_loss} in epoch {epoch}")
-                train_time = time.perf_counter() - epoch_start
-                val = self.evaluate(method, model, data, data.val, train_counts=self._val_counts(info))
-                method.on_epoch_end(epoch, val["metrics"])
-                if access.take_reset():  # asked for by the hook: momentum / Adam moments cleared
-                    optimizer.state.clear()
-                record = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_time_s": round(train_time, 4),
-                          **{k: (v / steps).item() for k, v in log_sums.items()},
-                          "val": {k: val["metrics"][k] for k in HEADLINE}}
-                if steps != info.steps_per_epoch:  # a training subset: histories of full epochs keep their shape
-                    record["steps"] = steps
-                if len(stages) > 1:  # single-stage histories keep their exact former shape
-                    record["stage"] = stage.name or k
-                history.append(record)
-                score = selection_score(val["metrics"], cfg.select_metric, epoch)
-                if stage.selectable and (score > best[0] or best[2] is None):  # ties keep the earlier epoch
-                    best = (score, epoch, _state_copy(model), _state_copy(method), val)
-                candidates.offer(epoch, val["metrics"], stage.selectable, test_probs)
-                bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{score:.1f}",
-                                best=f"{best[0]:.1f}@{best[1]}")
-                if checkpoint is not None:  # after the epoch's last state change: the unit of resumption
-                    checkpoint.save({
-                        "epoch": epoch, "stage": k, "model": _state_copy(model), "method": _state_copy(method),
-                        "optimizer": optimizer.state_dict(), "streams": [s.generator.get_state() for s in streams],
-                        "rng": rng_state(), "history": plain(history), "best": plain(list(best)),
-                        "candidates": plain(candidates.state()),
-                        "wall_time_s": elapsed + time.perf_counter() - run_start})
-                hook("epoch")
-        bar.close()
-        candidates.finish(test_probs)  # the model is still the last epoch's
-        for param, flag in zip(model.parameters(), requires_grad):
-            param.requires_grad_(flag)
+            run.model.load_state_dict(resume["model"])
+            run.method.load_state_dict(resume["method"])
+            run.history = unplain(resume["history"])
+            run.best = tuple(unplain(resume["best"]))
+            run.candidates.load(unplain(resume.get("candidates")))
+            run.first_epoch, run.elapsed = resume["epoch"] + 1, resume["wall_time_s"]
+        run.resume = resume
 
-        _, best_epoch, model_state, method_state, best_val = best
-        model.load_state_dict(model_state)
-        method.load_state_dict(method_state)
-        self.model = model  # the tested model, for passes after the test (retrieval)
-        test = self.evaluate(method, model, data, data.test, train_counts=info.class_counts)
+    def _progress_bar(self, run: _Run) -> tqdm:
+        steps = run.info.steps_per_epoch
+        total = run.bounds[-1][1]  # the budget E plus the epochs of stages beyond it
+        return tqdm(total=total * steps, initial=run.first_epoch * steps, desc=self.desc or run.method.name,
+                    unit="step", disable=None if self.progress else True, leave=False,
+                    dynamic_ncols=True)  # None: bar only on a terminal
+
+    def _probe_stage(self, run: _Run, k: int, stage: Stage, end: int) -> None:
+        """The probe stage (the last): fit its Linear layer to convergence, validate, offer it for selection."""
+        self.epoch = end
+        trained = self._trained_modules(run.model, stage, k)
+        val, record = self._fit_probe(run.method, run.model, run.data, stage, trained[0], run.info)
+        run.history.append(record)
+        self._select(run, end, val, stage)
+
+    def _train_stage(self, run: _Run, k: int, stage: Stage, start: int, end: int, bar: tqdm) -> None:
+        """Stage ``k``'s epochs ``start`` .. ``end - 1``: its optimiser over the parts it trains, its streams."""
+        cfg = self.config
+        inside = start < run.first_epoch  # resuming in the middle of this stage
+        if run.resume is not None and not inside:  # resuming at the start of this stage
+            set_rng_state(run.resume["rng"])
+            run.resume = None
+        trained = self._trained_modules(run.model, stage, k)
+        params = self._trainable_parameters(run.model, trained, run.requires_grad)
+        base_lr = cfg.lr if stage.lr is None else stage.lr
+        optimizer = self._optimizer(params, stage, base_lr)
+        active = self._active_positions(run.method, len(run.data.train))
+        streams = self._streams(run.method, stage, k, run.data, run.train_labels, run.augmentations, active)
+        if run.resume is not None and inside:  # the stage's fresh optimiser and streams take their saved state
+            optimizer.load_state_dict(run.resume["optimizer"])
+            for stream, state in zip(streams, run.resume["streams"]):
+                stream.generator.set_state(state)
+            set_rng_state(run.resume["rng"])  # last: building the stage may draw from the global RNGs
+            run.resume = None
+        for epoch in range(max(start, run.first_epoch), end):
+            self.epoch = epoch
+            streams, active = self._follow_training_rows(run, stage, k, streams, active)
+            lr = self._set_lr(optimizer, stage, base_lr, epoch - start, end - start)
+            self._train_mode(run, trained)
+            run.method.on_epoch_start(epoch)
+            train_loss, logs, steps, train_time = self._train_epoch(run, k, stage, streams, optimizer, bar, epoch)
+            val = self.evaluate(run.method, run.model, run.data, run.data.val, train_counts=self._val_counts(run.info))
+            run.method.on_epoch_end(epoch, val["metrics"])
+            if run.access.take_reset():  # asked for by the hook: momentum / Adam moments cleared
+                optimizer.state.clear()
+            record = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_time_s": round(train_time, 4),
+                      **logs, "val": {key: val["metrics"][key] for key in HEADLINE}}
+            if steps != run.info.steps_per_epoch:  # a training subset: histories of full epochs keep their shape
+                record["steps"] = steps
+            if len(run.stages) > 1:  # single-stage histories keep their exact former shape
+                record["stage"] = stage.name or k
+            run.history.append(record)
+            score = self._select(run, epoch, val, stage)
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{score:.1f}", best=f"{run.best[0]:.1f}@{run.best[1]}")
+            if run.checkpoint is not None:  # after the epoch's last state change: the unit of resumption
+                self._save_checkpoint(run, epoch, k, optimizer, streams)
+            hook("epoch")
+
+    def _follow_training_rows(self, run: _Run, stage: Stage, k: int, streams: list[TrainStream],
+                              active: np.ndarray | None) -> tuple[list[TrainStream], np.ndarray | None]:
+        """The streams over the method's training subset: rebuilt (same generators) when it changed."""
+        now_active = self._active_positions(run.method, len(run.data.train))
+        if _same_rows(now_active, active):
+            return streams, active
+        for stream in streams:
+            stream.close()
+        return self._streams(run.method, stage, k, run.data, run.train_labels, run.augmentations, now_active,
+                             generators=[s.generator for s in streams]), now_active
+
+    def _set_lr(self, optimizer: torch.optim.Optimizer, stage: Stage, base_lr: float, epoch: int,
+                length: int) -> float:
+        """The stage's schedule at its ``epoch`` (0-indexed within the stage), set on every param group."""
+        cfg = self.config
+        lr = stage_lr(base_lr, epoch, length, stage.lr_schedule or cfg.lr_schedule,
+                      cfg.lr_milestones if stage.lr_milestones is None else stage.lr_milestones,
+                      cfg.lr_gamma if stage.lr_gamma is None else stage.lr_gamma,
+                      cfg.warmup_epochs if stage.warmup_epochs is None else stage.warmup_epochs,
+                      cfg.warmup_start_factor)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    @staticmethod
+    def _train_mode(run: _Run, trained: list[torch.nn.Module] | None) -> None:
+        run.model.train()
+        if trained is not None:  # frozen parts in eval mode: BatchNorm statistics stay put
+            run.model.eval()
+            for module in trained:
+                module.train()
+        run.method.train()
+
+    def _train_epoch(self, run: _Run, k: int, stage: Stage, streams: list[TrainStream],
+                     optimizer: torch.optim.Optimizer, bar: tqdm, epoch: int) -> tuple[float, dict, int, float]:
+        """One epoch's steps: (mean training loss, mean of each logged value, steps, seconds)."""
+        method = run.method
+        loss_sum = torch.zeros((), device=self.device)
+        log_sums: dict[str, torch.Tensor] = {}
+        epoch_start = time.perf_counter()
+        steps = min(len(stream) for stream in streams)  # zip stops at the shortest stream
+        for batches in zip(*streams):
+            with self.autocast():
+                out = method.training_step(run.step_model, *batches)
+            loss, logs = out if isinstance(out, tuple) else (out, {})
+            if not loss.requires_grad:
+                bar.close()
+                raise LtbenchError(f"method {method.name!r}: the loss of stage {k} ({stage.name or 'unnamed'}) "
+                                   f"depends on no parameter it trains ({stage.trains or 'the whole model'})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            # Accumulate on the device: no .item() sync per step.
+            loss_sum += loss.detach().float()
+            for key, value in logs.items():
+                log_sums[key] = log_sums.get(key, 0.0) + value.detach().float()
+            bar.update()
+            hook("step")
+        train_loss = loss_sum.item() / steps
+        if not math.isfinite(train_loss):
+            bar.close()
+            raise LtbenchError(f"method {method.name!r}: the training loss became {train_loss} in epoch {epoch}")
+        train_time = time.perf_counter() - epoch_start
+        return train_loss, {key: (value / steps).item() for key, value in log_sums.items()}, steps, train_time
+
+    def _select(self, run: _Run, epoch: int, val: dict, stage: Stage) -> float:
+        """The checkpoint rule (strictly better; ties keep the earlier epoch) and every rule's candidate.
+
+        The best state is copied after ``on_epoch_end``; the candidates' test passes are for the report only.
+        """
+        score = selection_score(val["metrics"], self.config.select_metric, epoch)
+        if stage.selectable and (score > run.best[0] or run.best[2] is None):
+            run.best = (score, epoch, _state_copy(run.model), _state_copy(run.method), val)
+        run.candidates.offer(epoch, val["metrics"], stage.selectable, run.test_probs)
+        return score
+
+    @staticmethod
+    def _save_checkpoint(run: _Run, epoch: int, k: int, optimizer: torch.optim.Optimizer,
+                         streams: list[TrainStream]) -> None:
+        run.checkpoint.save({
+            "epoch": epoch, "stage": k, "model": _state_copy(run.model), "method": _state_copy(run.method),
+            "optimizer": optimizer.state_dict(), "streams": [s.generator.get_state() for s in streams],
+            "rng": rng_state(), "history": plain(run.history), "best": plain(list(run.best)),
+            "candidates": plain(run.candidates.state()),
+            "wall_time_s": run.elapsed + time.perf_counter() - run.start_time})
+
+    def _test(self, run: _Run) -> RunOutput:
+        """Restore the best checkpoint and test once."""
+        run.candidates.finish(run.test_probs)  # the model is still the last epoch's
+        for param, flag in zip(run.model.parameters(), run.requires_grad):
+            param.requires_grad_(flag)
+        _, best_epoch, model_state, method_state, best_val = run.best
+        run.model.load_state_dict(model_state)
+        run.method.load_state_dict(method_state)
+        self.model = run.model  # the tested model, for passes after the test (retrieval)
+        test = self.evaluate(run.method, run.model, run.data, run.data.test, train_counts=run.info.class_counts)
         arrays = {"val_labels": best_val["labels"], "val_probs": best_val["probs"],
-                  "test_labels": test["labels"], "test_probs": test["probs"], **candidates.arrays()}
-        return RunOutput(history=history, best_epoch=best_epoch, val=best_val["metrics"], test=test["metrics"],
-                         arrays=arrays, wall_time_s=elapsed + time.perf_counter() - run_start)
+                  "test_labels": test["labels"], "test_probs": test["probs"], **run.candidates.arrays()}
+        return RunOutput(history=run.history, best_epoch=best_epoch, val=best_val["metrics"], test=test["metrics"],
+                         arrays=arrays, wall_time_s=run.elapsed + time.perf_counter() - run.start_time)
 
     # ----------------------------------------------------------------------------------------
     def _fit_probe(self, method: Method, model: torch.nn.Module, data: DataBundle, stage: Stage,

@@ -24,12 +24,14 @@ ECL uses it. No network; a few seconds on 2 cores.
 6. time of the contrastive preset alone (one 64-image batch from a 256 px cache, 1 torch thread
    by default), before vs after, interleaved; median ratio.
 
-    .venv/bin/python benchmarks/augment_fidelity.py --before /tmp/base_x
+    base=$(mktemp -d) && git archive 1210f97 | tar -x -C "$base"   # an export with ltbench/data/augment.py
+    .venv/bin/python benchmarks/augment_fidelity.py --before "$base"
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -47,7 +49,9 @@ from ltbench.data import augment as _augment
 from ltbench.data.augment import geometry as _geometry
 from ltbench.data.cache import decode_image
 
-DEFAULT_IMAGES = Path("/work/shared/data/isic2018_task3_test_224/images")
+# The shared data beside the repository (../shared/data) or $LTBENCH_SHARED_DATA, as the tests find it.
+SHARED_DATA = Path(os.environ.get("LTBENCH_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+DEFAULT_IMAGES = SHARED_DATA / "isic2018_task3_test_224" / "images"
 CACHE, S = 256, 224
 
 

@@ -13,7 +13,7 @@ medians are reported, and the probabilities of batched and batch-size-1 evaluati
 
     .venv/bin/python benchmarks/eval_throughput.py                           # digits-lt, small-cnn 16 px
     .venv/bin/python benchmarks/eval_throughput.py --backbone resnet18 --image-size 64 \\
-        --images /work/shared/data/isic2018_task3_test_224/images --num-images 256
+        --images ../shared/data/isic2018_task3_test_224/images --num-images 256
 """
 from __future__ import annotations
 

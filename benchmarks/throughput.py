@@ -29,9 +29,9 @@ batch of 64 cached images (1 thread, as on the loader's workers; with ``--before
 
     .venv/bin/python benchmarks/throughput.py
     .venv/bin/python benchmarks/throughput.py --num-images 512 --rounds 4 --workers 2
-    mkdir -p /tmp/base && git archive HEAD | tar -x -C /tmp/base
-    .venv/bin/python benchmarks/throughput.py --before /tmp/base --rounds 4 --no-sequential
-    .venv/bin/python benchmarks/throughput.py --before /tmp/base --profile-presets --num-images 64
+    base=$(mktemp -d) && git archive HEAD | tar -x -C "$base"
+    .venv/bin/python benchmarks/throughput.py --before "$base" --rounds 4 --no-sequential
+    .venv/bin/python benchmarks/throughput.py --before "$base" --profile-presets --num-images 64
 """
 from __future__ import annotations
 
@@ -53,7 +53,9 @@ from ltbench.data.cache import load_images
 from ltbench.data.loader import TrainStream
 
 TARGET = 3.0
-DEFAULT_IMAGES = Path("/work/shared/data/isic2018_task3_test_224/images")
+# The shared data beside the repository (../shared/data) or $LTBENCH_SHARED_DATA, as the tests find it.
+SHARED_DATA = Path(os.environ.get("LTBENCH_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+DEFAULT_IMAGES = SHARED_DATA / "isic2018_task3_test_224" / "images"
 
 
 def make_sources(src: Path, n: int, out: Path, size: tuple[int, int], quality: int) -> list[Path]:

@@ -1,7 +1,7 @@
 """BBN (Zhou et al., CVPR 2020): mixed logits and loss, α schedule, reversed sampler, network, fits.
 
 The references below are naive float64 loops written from the formulas in
-/work/shared/spec/methods.md (BBN section), independent of the vectorised implementation.
+../shared/spec/methods.md (BBN section), independent of the vectorised implementation.
 """
 from __future__ import annotations
 

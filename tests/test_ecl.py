@@ -1,7 +1,7 @@
 """ECL (Zhang et al., MICCAI 2023): proxy counts, BHP loss, BWCE curriculum, cycle update, state.
 
 The BHP reference below is a naive float64 loop written from the formula in
-/work/shared/spec/methods.md, independent of the vectorised implementation.
+../shared/spec/methods.md, independent of the vectorised implementation.
 """
 from __future__ import annotations
 

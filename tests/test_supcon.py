@@ -1,5 +1,5 @@
 """The supervised-contrastive kernel (ltbench.losses.supcon_loss) against a naive float64 double loop
-written from the formula of HobbitLong/SupContrast's SupConLoss (/work/shared/spec/methods.md, SCL)."""
+written from the formula of HobbitLong/SupContrast's SupConLoss (../shared/spec/methods.md, SCL)."""
 from __future__ import annotations
 
 import math

@@ -111,12 +111,15 @@ def _device(v: str) -> str | None:
     return None
 
 
+# An epoch budget beyond any recipe (the longest is 1,241): a typo like 10^29 would train forever (issue 21).
+MAX_EPOCHS = 100_000
+
 # What each TrainConfig field must satisfy beyond its type (the type comes from the dataclass).
 TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "backbone": one_of(_backbones),
     "pretrained": not_empty,
     "image_size": at_least(1),
-    "epochs": at_least(1),
+    "epochs": lambda v: at_least(1)(v) or (None if v <= MAX_EPOCHS else f"must be at most {MAX_EPOCHS:,}"),
     "batch_size": at_least(1),
     "eval_batch_size": at_least(1),
     "lr": positive,

@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from ltbench import strict_yaml
 from ltbench.errors import LtbenchError
 
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit unsigned
@@ -99,7 +100,7 @@ def to_type(value: object, annotation: Any, text: bool = False) -> object:
     """
     if text and isinstance(value, str) and not _wants_text(annotation):
         try:
-            value = yaml.safe_load(value) if value.strip() else value
+            value = strict_yaml.load(value) if value.strip() else value
         except yaml.YAMLError:
             raise Invalid("not a valid value (a number, true/false, text or a [list])") from None
     return _convert(value, annotation, text)

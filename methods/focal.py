@@ -13,6 +13,7 @@ place of ``ce`` in the formula above, modulator included (``p = exp(−ce)``).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -52,6 +53,9 @@ class Focal(LossMethod):
                  label_smoothing: float = 0.0, sampler: str = "instance", mixup_alpha: float = 0.0) -> None:
         super().__init__(sampler=sampler, mixup_alpha=mixup_alpha)
         check_label_smoothing("focal", label_smoothing)
+        if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
+            # γ < 0 turns the modulator (1 − p)^γ into a reward for easy samples (and +inf as p → 1)
+            raise ValueError(f"focal: gamma must be a finite number of at least 0, got {gamma!r}")
         self.label_smoothing = label_smoothing
         self.gamma = gamma
         self.class_weights = class_weights

@@ -18,7 +18,7 @@ from typing import Mapping
 import yaml
 
 from ltbench import config as cfg
-from ltbench import typed
+from ltbench import strict_yaml, typed
 from ltbench.bench.tuning import parse_tune, parse_tune_flags
 from ltbench.config import TrainConfig
 from ltbench.data.geometry import read_geometry
@@ -118,8 +118,17 @@ def _text(path: Path, key: str, value: object, default: str) -> str:
     if value is None:
         return default
     if not isinstance(value, str):
-        raise LtbenchError(f"{path}: {key} = {value!r}: expected text")
+        raise LtbenchError(f"{path}: {key} = {value!r:.80}: expected text")
     return value
+
+
+def _name(path: Path, value: object) -> str:
+    """The benchmark's name names its folder, ``reports/NAME``: refused like a row name, so it stays inside."""
+    name = _text(path, "name", value, path.stem)
+    if not typed.ROW_NAME.fullmatch(name) and (value is not None or name in (".", "..")):
+        raise LtbenchError(f"{path}: name = {name!r:.80}: a benchmark name is letters, digits and _ . + - "
+                           "(starting with a letter or digit): it names the folder reports/NAME")
+    return name
 
 
 def _rows(path: Path, raw: object) -> dict[str, MethodRow]:
@@ -172,7 +181,7 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
     if not path.is_file():
         raise LtbenchError(f"--benchmark {path}: no such file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = strict_yaml.load(path.read_text())  # no duplicate keys, aliases bounded (issue 21)
     except yaml.YAMLError as exc:
         raise LtbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -232,6 +241,11 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
     rows = _rows(path, raw.get("methods"))
     rows = {name: _apply_recipe(path, dataset["name"], layers, row) if row.recipe else row
             for name, row in rows.items()}
+    for name, row in rows.items():  # the method's own checks (e.g. focal's gamma >= 0), named by file and row
+        try:
+            get_method_class(row.method)(**row.params)
+        except (TypeError, ValueError) as exc:
+            raise LtbenchError(f"{path}: methods.{name}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
 
     tune = parse_tune_flags(tune_flags) if tune_flags else parse_tune(raw.get("tune"), f"{path}: tune")
     cache_dir = raw.get("cache_dir")
@@ -243,7 +257,7 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
                     split=split.get("kind"), split_seed=split.get("seed", 0), split_dir=split.get("dir"),
                     split_file=split.get("file"), cache_dir=cache_dir, split_ratio=split.get("ratio"),
                     split_classes=split.get("classes"), geometry=geometry)
-    return Benchmark(name=_text(path, "name", raw.get("name"), path.stem), data=data, train=config, seeds=seeds,
+    return Benchmark(name=_name(path, raw.get("name")), data=data, train=config, seeds=seeds,
                      methods=rows, description=_text(path, "description", raw.get("description"), ""),
                      sources=sources, retrieval=RetrievalSettings.parse(raw.get("retrieval"), f"{path}: retrieval"),
                      references=parse_references(raw.get("references"), str(path), list(rows)),

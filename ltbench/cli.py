@@ -106,7 +106,7 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
     split = typed.read(cfg.split_settings(classes=True), {k: str(v) for k, v in split_flags.items() if v is not None},
                        typed.flag({"kind": "--split", "seed": "--split-seed", "dir": "--split-dir", "file": "--split-file",
                                   "ratio": "--ratio", "classes": "--classes"}),
-                     text=True)
+                       text=True)
     flags = {"backbone": backbone, "pretrained": pretrained, "image_size": image_size, "epochs": epochs,
              "batch_size": batch_size, "lr": lr, "select_metric": select_metric, "device": device, "seed": seed}
     config, sources = cfg.train_config(dataset, cfg.Layer("command line", flags, typed.flag(), text=True),

@@ -125,7 +125,7 @@ def _geometry(images: torch.Tensor, hflip: bool, vflip: bool, angle: float) -> t
     """Apply the grid path with fixed parameters (float images, output same square size)."""
     n, _, h, w = images.shape
     theta = geometry.affine_matrices(None, h, w, torch.full((n,), hflip), torch.full((n,), vflip),
-                              torch.full((n,), angle)).float()
+                                     torch.full((n,), angle)).float()
     grid = F.affine_grid(theta, [n, 3, h, w], align_corners=False)
     return F.grid_sample(images, grid, align_corners=False)
 

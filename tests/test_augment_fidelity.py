@@ -153,8 +153,8 @@ def _fixed(imgs: torch.Tensor, box, hflip: bool, vflip: bool, angle: float, heig
            sampled=(CACHE, CACHE)) -> torch.Tensor:
     n = imgs.shape[0]
     grid = geometry.geometry_grid(torch.tensor([box] * n, dtype=torch.float64), height, width,
-                           torch.full((n,), hflip), torch.full((n,), vflip), torch.full((n,), angle), S,
-                           sampled)
+                                  torch.full((n,), hflip), torch.full((n,), vflip), torch.full((n,), angle), S,
+                                  sampled)
     return F.grid_sample(imgs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -403,5 +403,5 @@ class RandAugmentView(torch.nn.Module):
 def randaugment_augment(size: int) -> RandAugmentView:
     """The ``randaugment`` preset: the ``standard`` classifier view + BCL's rand-n2-m10-mstd0.5."""
     base = BatchAugment(size, hflip_p=0.5, jitter=ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
-                                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     return RandAugmentView(base, RandAugment())

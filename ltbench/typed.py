@@ -10,8 +10,12 @@ numeric tower, so that run keys of existing files do not move), then checked aga
 it came from, the key and the value: ``bench.yaml: train.epochs = 2.5: expected an integer``,
 ``--lr -1: must be greater than 0``, ``--param gamma=abc: expected a number``.
 
-This module is the conversion and the generic rules, and knows no setting: the settings of a run
-(``TrainConfig``, splits, SLURM, a method's or a dataset loader's keywords) are ``ltbench.config``'s.
+A benchmark file, and a command-line value that is not text, is read as strict YAML first
+(:func:`load_yaml`: no duplicate keys, aliases bounded; issue 21).
+
+This module is the reading, the conversion and the generic rules, and knows no setting: the
+settings of a run (``TrainConfig``, splits, SLURM, a method's or a dataset loader's keywords) are
+``ltbench.config``'s.
 """
 from __future__ import annotations
 
@@ -29,7 +33,6 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from ltbench import strict_yaml
 from ltbench.errors import LtbenchError
 
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit unsigned
@@ -45,6 +48,89 @@ Label = Callable[[str, object], str]  # (key, value as given) -> where it came f
 
 class Invalid(ValueError):
     """A value its setting refuses; the message says what is wrong, the caller adds where."""
+
+
+# ------------------------------------------------------------------------------------ strict YAML
+#
+# YAML for files a user hands ltbench: safe, no duplicate keys, aliases bounded (issue 21).
+#
+# PyYAML's ``safe_load`` keeps the last of two equal keys (so ``epochs: 100`` followed later by
+# ``epochs: 1`` silently trains one epoch), and it resolves aliases by reference, so a 1.4 KB file of
+# nested aliases (a "billion laughs") loads at once but expands to ~10^9 nodes wherever the value is
+# later walked or formatted whole. :func:`load_yaml` refuses both, as a ``yaml.YAMLError`` whose first line
+# says what and where. Merge keys (``<<: *base``) still override as YAML defines.
+
+MAX_YAML_NODES = 100_000  # nodes after expanding every alias; a benchmark file has a few hundred
+
+
+class _StrictLoader(yaml.SafeLoader):
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} on line {key_node.start_mark.line + 1} "
+                        f"(first on line {first + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand past :data:`MAX_YAML_NODES` nodes (or refer to themselves)."""
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            open_.discard(key)
+            children = _children(node)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            if size[key] > MAX_YAML_NODES:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"aliases expand to more than {MAX_YAML_NODES:,} values (line {node.start_mark.line + 1}); "
+                    "refusing to read it (write the values out, or use fewer nested aliases)", node.start_mark)
+            continue
+        if key in size:
+            continue
+        if key in open_:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an alias that contains itself (line {node.start_mark.line + 1})", node.start_mark)
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in size)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load(text)`` without duplicate keys and with aliases bounded; ``yaml.YAMLError`` otherwise."""
+    loader = _StrictLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 # ------------------------------------------------------------------------------------ conversion
@@ -100,7 +186,7 @@ def to_type(value: object, annotation: Any, text: bool = False) -> object:
     """
     if text and isinstance(value, str) and not _wants_text(annotation):
         try:
-            value = strict_yaml.load(value) if value.strip() else value
+            value = load_yaml(value) if value.strip() else value
         except yaml.YAMLError:
             raise Invalid("not a valid value (a number, true/false, text or a [list])") from None
     return _convert(value, annotation, text)

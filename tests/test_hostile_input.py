@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ltbench import strict_yaml
+from ltbench.typed import load_yaml
 from tests.test_cli import assert_one_line_error, cli  # noqa: F401 — the cli fixture
 
 GOOD = """\
@@ -78,12 +78,12 @@ def test_a_benchmark_name_cannot_leave_reports(tmp_path: Path, cli, monkeypatch,
 
 def test_strict_yaml_keeps_what_yaml_allows() -> None:
     """Merge keys still override (YAML's rule, not a duplicate); shared aliases within the bound load."""
-    assert strict_yaml.load("base: &b {lr: 0.1, epochs: 5}\nrow:\n  <<: *b\n  lr: 0.2\n") == \
+    assert load_yaml("base: &b {lr: 0.1, epochs: 5}\nrow:\n  <<: *b\n  lr: 0.2\n") == \
         {"base": {"lr": 0.1, "epochs": 5}, "row": {"lr": 0.2, "epochs": 5}}
-    assert strict_yaml.load("a: &a [1, 2]\nb: [*a, *a]\n") == {"a": [1, 2], "b": [[1, 2], [1, 2]]}
-    assert strict_yaml.load(_bomb(4)) == yaml.safe_load(_bomb(4))  # 9^4 = 6,561 values: allowed
+    assert load_yaml("a: &a [1, 2]\nb: [*a, *a]\n") == {"a": [1, 2], "b": [[1, 2], [1, 2]]}
+    assert load_yaml(_bomb(4)) == yaml.safe_load(_bomb(4))  # 9^4 = 6,561 values: allowed
     with pytest.raises(yaml.YAMLError, match="duplicate key 1 on line 1"):
-        strict_yaml.load("{1: a, 1: b}")
+        load_yaml("{1: a, 1: b}")
 
 
 @pytest.mark.parametrize("gamma", [-0.5, float("nan"), float("inf")])

@@ -18,7 +18,7 @@ from typing import Mapping
 import yaml
 
 from ltbench import config as cfg
-from ltbench import strict_yaml, typed
+from ltbench import typed
 from ltbench.bench.tuning import parse_tune, parse_tune_flags
 from ltbench.config import TrainConfig
 from ltbench.data.geometry import read_geometry
@@ -181,7 +181,7 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
     if not path.is_file():
         raise LtbenchError(f"--benchmark {path}: no such file")
     try:
-        raw = strict_yaml.load(path.read_text())  # no duplicate keys, aliases bounded (issue 21)
+        raw = typed.load_yaml(path.read_text())  # no duplicate keys, aliases bounded (issue 21)
     except yaml.YAMLError as exc:
         raise LtbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     except (OSError, UnicodeDecodeError) as exc:

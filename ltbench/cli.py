@@ -85,9 +85,10 @@ _PROTOCOL_HELP = "default: the dataset's protocol"
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default reports/train/DATASET).")
 @click.option("--force", is_flag=True, help="Train even if a result with the same config exists.")
 @click.option("--retrieval", is_flag=True, help="Also run the retrieval pass after the test (docs/retrieval.md).")
+@click.option("--threads", metavar="T", help="torch threads (default: torch's own); CPU results reproduce at equal counts.")
 def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_dir, split_file, split_ratio,
               split_classes, backbone, pretrained, image_size, epochs, batch_size, lr, select_metric, seed, device,
-              settings, cache_dir, out, force, retrieval) -> None:
+              settings, cache_dir, out, force, retrieval, threads) -> None:
     """Train and test one method with one seed; writes a result file and prints the test metrics."""
     from ltbench import config as cfg
     from ltbench import typed
@@ -98,6 +99,9 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
                               run_one, write_split)
 
     # Everything the command line says is converted and checked here, before any file is read.
+    from ltbench.launchers import set_threads
+
+    set_threads(threads)
     get_method_class(method)  # fail fast on an unknown name
     get_dataset(dataset)
     params = cfg.method_params(method, typed.key_value_pairs(params, "--param"), typed.param_flag, text=True)
@@ -178,7 +182,8 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
 @click.option("--jobs", metavar="N", help="Runs at once, each in its own process (default 1: in this process).")
 @click.option("--gpus", metavar="LIST", help="GPUs to spread the jobs over, e.g. 0,1 (default: every visible GPU, if any).")
 @click.option("--runs-per-gpu", metavar="K", help="Runs sharing one GPU (default: --jobs / number of GPUs).")
-@click.option("--threads", metavar="T", help="torch threads per parallel run (default: the cores split between the jobs).")
+@click.option("--threads", metavar="T", help="torch threads per run (default: torch's own with --jobs 1, else the cores "
+                                            "split between the jobs); CPU results reproduce at equal counts.")
 @click.option("--launcher", metavar="local|slurm", help="local (default: processes on this machine) or slurm (a job array via submitit).")
 @click.option("--slurm", "slurm", multiple=True, metavar="KEY=VALUE",
               help="A SLURM setting (over the file's slurm: section): cluster=slurm|local, partition, account, qos, "

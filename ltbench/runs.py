@@ -281,6 +281,13 @@ def _storage_error(exc: OSError) -> LtbenchError:
                         "checkpoints are kept, rerun to resume)")
 
 
+def torch_threads() -> int:
+    """This process's torch thread count: on the CPU, results reproduce bit for bit only at equal counts."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def versions() -> dict:
     import sklearn
     import torch
@@ -447,6 +454,7 @@ def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, 
                   "file": "split.csv"},
         "config": config.to_dict(),
         "device": str(trainer.device),
+        "threads": torch_threads(),  # a label, not in the run key: CPU float sums depend on it (issue 21)
         "versions": versions(),
         "wall_time_s": round(output.wall_time_s, 3),
         "best_epoch": output.best_epoch,

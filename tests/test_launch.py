@@ -118,7 +118,7 @@ BAD_OPTIONS = [
     (("--jobs", "0"), "--jobs 0: expected an integer of at least 1"),
     (("--jobs", "two"), "--jobs two: expected an integer of at least 1"),
     (("--jobs", "2", "--threads", "0"), "--threads 0: expected an integer of at least 1"),
-    (("--threads", "1"), "--threads 1: the torch threads of each parallel run; give --jobs N"),
+    (("--threads", "x"), "--threads x: expected an integer of at least 1"),  # --jobs 1 takes --threads too
     (("--launcher", "cloud"), "--launcher cloud: choose one of local, slurm"),
     (("--slurm", "partition=gpu"), "--slurm: only with --launcher slurm"),
     (("--launcher", "slurm", "--jobs", "2"), "--jobs: an option of --launcher local"),

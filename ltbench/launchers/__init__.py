@@ -32,6 +32,20 @@ def _count(option: str, value) -> int | None:
     return int(text)
 
 
+def set_threads(value) -> int | None:
+    """``--threads T`` for runs in this process (``ltbench train``, ``bench --jobs 1``): torch's thread count.
+
+    On the CPU, results reproduce bit for bit only at equal thread counts; each result records its
+    own (``threads``), and the report notes a row whose runs differ (issue 21).
+    """
+    threads = _count("--threads", value)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    return threads
+
+
 def parse_gpus(value: str | None) -> list[int] | None:
     """``--gpus 0,1``: distinct device indices (of the devices this process sees)."""
     if value is None:
@@ -56,7 +70,8 @@ def make_launcher(bench, launcher: str | None = None, *, jobs=None, gpus=None, r
                   slurm=()):
     """The launcher the options ask for, checked (one line per problem) before any data is touched.
 
-    None: the sequential in-process bench (``--jobs 1``, the default).
+    None: the sequential in-process bench (``--jobs 1``, the default), whose torch threads
+    ``--threads`` then sets (:func:`set_threads`).
     """
     from ltbench import config as cfg
     from ltbench import typed
@@ -84,8 +99,7 @@ def make_launcher(bench, launcher: str | None = None, *, jobs=None, gpus=None, r
     if pairs:
         raise LtbenchError("--slurm: only with --launcher slurm")
     if jobs in (None, 1) and gpu_list is None and runs_per_gpu is None:
-        if threads is not None:
-            raise LtbenchError(f"--threads {threads}: the torch threads of each parallel run; give --jobs N (N > 1)")
+        set_threads(threads)  # the sequential bench's own process
         return None  # the sequential bench, exactly as before
     from ltbench.launchers.grid import split_threads
     from ltbench.launchers.local import LocalLauncher, plan_slots

@@ -25,6 +25,7 @@ from ltbench.report.retrieval import RETRIEVAL_FILES, retrieval_outputs
 from ltbench.report.summary import (_columns, _context, _header_line, confusion_counts_csv, latex_table,
                                     markdown_table, mean_confusion, stale_lines, summarize, summed_confusion,
                                     with_failures)
+from ltbench.report.threads import thread_lines
 from ltbench.report.tuning import read_tuning, tuning_evidence, tuning_summary
 from ltbench.store.files import atomic_write
 
@@ -77,7 +78,7 @@ def write_report(results: list[dict], out_dir: Path, order: Sequence[str] | None
     notes = "\n".join([*stale_lines(stale), *([flags_line(flagged, methods)] if flagged else [])])
     table = markdown_table(shown, bold_rows, marks=flag_marks(flagged)) + ("\n\n" + notes.rstrip("\n") if notes else "")
     tuning = read_tuning(run_dir.parent)  # the bench's tuning.json (ltbench/bench/tuning.py), if it tuned
-    protocol_notes = recipe_lines(results) + (tuning_summary(tuning) if tuning else [])
+    protocol_notes = recipe_lines(results) + (tuning_summary(tuning) if tuning else []) + thread_lines(results)
     if protocol_notes:  # which rows ran a paper recipe, which settings tuning chose (issue 20)
         table += "\n\n" + "\n".join(protocol_notes).rstrip("\n")
     put("summary.md", f"{_header_line(ctx)}\n\n{table}\n\n{BOLD_RULE}\n")

@@ -161,24 +161,30 @@ def _split_hash(result: dict) -> str:
 # ----------------------------------------------------------------------------- context
 
 def _context(results: list[dict]) -> dict[str, str]:
-    """Dataset/split/config facts shared by the runs; differing config values are all listed."""
-    def values(get) -> str:
-        found = {str(get(r)) for r in results}
+    """Dataset/split/config facts shared by the runs; differing config values are all listed.
+
+    The training settings are those of the rows on the shared protocol: a row on a paper recipe
+    (``recipe`` in its result) is named under the table instead (``ltbench.recipes.recipe_lines``).
+    """
+    shared = [r for r in results if not r.get("recipe")] or results
+
+    def values(get, runs=results) -> str:
+        found = {str(get(r)) for r in runs}
         return ", ".join(sorted(found, key=_natural_key))
 
     return {
         "dataset": values(_dataset_name),
         "split_kind": values(lambda r: r.get("split", {}).get("kind", "?")),
         "split_hash": values(_split_hash),
-        "backbone": values(lambda r: r.get("config", {}).get("backbone", "?")),
-        "image_size": values(lambda r: r.get("config", {}).get("image_size", "?")),
-        "epochs": values(lambda r: r.get("config", {}).get("epochs", "?")),
-        "pretrained": values(lambda r: r.get("config", {}).get("pretrained") or "none"),
-        "batch_size": values(lambda r: r.get("config", {}).get("batch_size", "?")),
-        "lr": values(lambda r: r.get("config", {}).get("lr", "?")),
+        "backbone": values(lambda r: r.get("config", {}).get("backbone", "?"), shared),
+        "image_size": values(lambda r: r.get("config", {}).get("image_size", "?"), shared),
+        "epochs": values(lambda r: r.get("config", {}).get("epochs", "?"), shared),
+        "pretrained": values(lambda r: r.get("config", {}).get("pretrained") or "none", shared),
+        "batch_size": values(lambda r: r.get("config", {}).get("batch_size", "?"), shared),
+        "lr": values(lambda r: r.get("config", {}).get("lr", "?"), shared),
         "select_metric": values(lambda r: r.get("config", {}).get("select_metric", "acc")),
         "selection": selection_text(results),
-        "protocol": values(_protocol_options),
+        "protocol": values(_protocol_options, shared),
         "seeds": values(lambda r: r["seed"]),
         "leak": values(lambda r: leak_text(r.get("split", {}).get("lesion_leak"))),
         "runs": str(len(results)),

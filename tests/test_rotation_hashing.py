@@ -11,7 +11,7 @@ from ltbench import create_method
 from ltbench.errors import LtbenchError
 from ltbench.method import Batch, TrainInfo
 from ltbench.models import AttendedNorm, DilatedSpatialAttention, add_spatial_attention, build_backbone
-from ltbench.methods.rotation_hashing import (HashNetwork, batch_frequency_ce, binary_codes,
+from ltbench.methods.rotation_hashing import (HashNetwork, RotationHashing, batch_frequency_ce, binary_codes,
                                               cauchy_rotation_invariance_loss, rotated_views)
 
 
@@ -215,3 +215,21 @@ def test_hdcsa_parameter_names_are_the_official_ones():
                          "gate_s.gate_s_bn_reduce0.weight"]
     assert "gate_s.gate_s_conv_di_2.weight" in names and "gate_s.gate_s_bn_di_2.running_var" in names
     assert names[-3:] == ["gate_s.gate_s_conv_final.weight", "gate_s.gate_s_conv_final.bias", "conv1.weight"]
+
+
+def test_class_totals_of_the_batch_frequency_ce_grow_with_the_square_of_the_class_count():
+    """Why rotation_hashing's accuracy row is a retrieval method's (``retrieval_method``): each sample
+    weighs the count of its class in the batch, so a class of 16 outweighs a class of 2 by (16/2)² = 64."""
+    labels = torch.tensor([0] * 16 + [9] * 2)
+    logits = torch.zeros(len(labels), 10, dtype=torch.float64, requires_grad=True)
+    batch_frequency_ce(logits, labels, 10).backward()
+    # d loss / d logit_{i, y_i} = −(1 − 1/C) · w_i / Σ_j w_j at zero logits: the sample's share of the loss.
+    share = -logits.grad[torch.arange(len(labels)), labels] / (1 - 1 / 10)
+    totals = torch.stack([share[labels == 0].sum(), share[labels == 9].sum()])
+    assert totals.sum().item() == pytest.approx(1.0, rel=1e-12)
+    assert (totals[0] / totals[1]).item() == pytest.approx(64.0, rel=1e-12)
+    assert RotationHashing.retrieval_method is True
+    from ltbench.registry import get_method_class, list_methods
+
+    marked = [name for name in list_methods() if getattr(get_method_class(name), "retrieval_method", False)]
+    assert marked == ["rotation_hashing"]

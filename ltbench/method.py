@@ -73,6 +73,9 @@ class Method(nn.Module):
     #: Paper recipes as data (``ltbench.recipes.Recipe``), by name (``"paper"``); a benchmark row opts
     #: in with ``recipe: NAME``. Empty: the method has none beyond the shared protocol.
     recipes: ClassVar[dict[str, "Recipe"]] = {}
+    #: True for a method built for retrieval (its classifier only shapes its codes): the report marks its
+    #: accuracy row († and a line under the table) and points to retrieval.md (``rotation_hashing``).
+    retrieval_method: ClassVar[bool] = False
     #: One entry per stream: "instance", "class_balanced" or "reversed", or a pair
     #: ``(sampler, (view, ...))`` giving that stream its own views. With several,
     #: ``training_step`` receives one Batch per stream, in this order.

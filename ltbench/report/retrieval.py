@@ -368,9 +368,6 @@ def _markdown(results, with_retrieval, summary, examples, unreadable, has_pr, gr
         "Micro (mean over queries, what hashing papers report):", "",
         _table(summary, _MICRO, knn_label(with_retrieval)), "",
     ]
-    if dataset == "digits-lt":
-        lines += ["On digits-lt a rotation-invariant representation makes 6 and 9 alike (a 180° rotation maps "
-                  "one onto the other): rotation-invariance hashing works against the labels here.", ""]
     if without:
         lines += [f"Runs without retrieval results (finished before retrieval was asked for; no weights were kept, "
                   f"so `ltbench bench --force` retrains them): {', '.join(without)}.", ""]

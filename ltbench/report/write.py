@@ -25,6 +25,7 @@ from ltbench.report.retrieval import RETRIEVAL_FILES, retrieval_outputs
 from ltbench.report.summary import (_columns, _context, _header_line, confusion_counts_csv, latex_table,
                                     markdown_table, mean_confusion, stale_lines, summarize, summed_confusion,
                                     with_failures)
+from ltbench.report.tasks import retrieval_rows, task_lines, task_marks
 from ltbench.report.threads import thread_lines
 from ltbench.report.tuning import read_tuning, tuning_evidence, tuning_summary
 from ltbench.store.files import atomic_write
@@ -76,9 +77,12 @@ def write_report(results: list[dict], out_dir: Path, order: Sequence[str] | None
     shown = with_failures(summary, failures, order)  # the tables; figures and evidence use finished runs
     flagged = flagged_runs(results)  # collapse and non-convergence (issue 20 item 4)
     notes = "\n".join([*stale_lines(stale), *([flags_line(flagged, methods)] if flagged else [])])
-    table = markdown_table(shown, bold_rows, marks=flag_marks(flagged)) + ("\n\n" + notes.rstrip("\n") if notes else "")
+    retrieval = retrieval_rows(results)  # rows of a retrieval method: marked, never read as classifiers
+    table = markdown_table(shown, bold_rows, marks=task_marks(retrieval, flag_marks(flagged))) + (
+        "\n\n" + notes.rstrip("\n") if notes else "")
     tuning = read_tuning(run_dir.parent)  # the bench's tuning.json (ltbench/bench/tuning.py), if it tuned
-    protocol_notes = recipe_lines(results) + (tuning_summary(tuning) if tuning else []) + thread_lines(results)
+    protocol_notes = (task_lines(retrieval) + recipe_lines(results) + (tuning_summary(tuning) if tuning else [])
+                      + thread_lines(results))
     if protocol_notes:  # which rows ran a paper recipe, which settings tuning chose (issue 20)
         table += "\n\n" + "\n".join(protocol_notes).rstrip("\n")
     put("summary.md", f"{_header_line(ctx)}\n\n{table}\n\n{BOLD_RULE}\n")

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ltbench import LossMethod, TrainInfo, register_method
 from ltbench.losses import check_label_smoothing
+from ltbench.methods.ce import LDAM_DRW_CIFAR_TRAIN
 from ltbench.recipes import Recipe
 
 
@@ -42,9 +43,7 @@ class Focal(LossMethod):
     recipes = {"paper": Recipe(
         source="kaidic/LDAM-DRW cifar_train.py @ 2536330, --loss_type Focal --train_rule None "
                "(Cao et al., NeurIPS 2019)",
-        train={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 128,
-               "epochs": 200, "lr_schedule": "step", "lr_milestones": (160, 180), "lr_gamma": 0.01,
-               "warmup_epochs": 4, "warmup_start_factor": 0.2},
+        train=LDAM_DRW_CIFAR_TRAIN,
         params={"gamma": 1.0},
         note="γ = 1 as that script (Lin et al. and this suite's default: 2); CIFAR-10/100-LT: ResNet-32 at 32 px, "
              "random crop + flip; backbone, size and views stay the benchmark's")}

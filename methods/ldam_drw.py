@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ltbench.method import LossMethod, TrainInfo
+from ltbench.methods.ce import LDAM_DRW_CIFAR_TRAIN
 from ltbench.models import Backbone, Classifier, NormedLinear
 from ltbench.recipes import Recipe
 from ltbench.registry import register_method
@@ -93,9 +94,7 @@ class LDAMDRW(LossMethod):
     recipes = {"paper": Recipe(
         source="kaidic/LDAM-DRW cifar_train.py @ 2536330, --loss_type LDAM --train_rule DRW "
                "(Cao et al., NeurIPS 2019)",
-        train={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 128,
-               "epochs": 200, "lr_schedule": "step", "lr_milestones": (160, 180), "lr_gamma": 0.01,
-               "warmup_epochs": 4, "warmup_start_factor": 0.2},
+        train=LDAM_DRW_CIFAR_TRAIN,
         note="CIFAR-10/100-LT: ResNet-32 at 32 px, random crop + flip; backbone, size and views stay the benchmark's")}
 
     def __init__(

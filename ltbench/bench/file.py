@@ -70,8 +70,14 @@ class Benchmark:
         return self.train if row.config is None else row.config
 
 
-# Settings of the bench or the machine, never of a recipe (one pixel cache, one device per bench).
-_NOT_RECIPE = ("image_size", "device", "seed", "eval_batch_size", "amp", "channels_last", "compile")
+def recipe_train(row: MethodRow) -> dict:
+    """The training settings of the row's recipe ({} without one); bench-wide settings are never a recipe's."""
+    from ltbench.bench.tuning import BENCH_WIDE
+
+    if not row.recipe:
+        return {}
+    recipe = get_method_class(row.method).recipes[row.recipe]
+    return {k: v for k, v in recipe.train.items() if k not in BENCH_WIDE}
 
 
 def row_train_config(dataset: str, layers: list, recipe: dict | None = None, recipe_label: str = "",
@@ -96,15 +102,13 @@ def _apply_recipe(path: Path, dataset: str, layers: list, row: MethodRow) -> Met
                            f"recipe (its recipes: {known}; `ltbench methods --recipes` lists them)")
     recipe = recipes[row.recipe]
     label = f"{path}: methods.{row.name}: recipe {row.recipe}"
-    train = {k: v for k, v in recipe.train.items() if k not in _NOT_RECIPE}
+    train = recipe_train(row)
     params = cfg.method_params(row.method, dict(recipe.params), typed.in_file(path, f"methods.{row.name}.recipe"))
     try:
         config = row_train_config(dataset, layers, train, label)
     except LtbenchError as exc:
         raise LtbenchError(f"{label}: {exc}") from None
     return replace(row, params={**params, **row.params}, config=config)
-
-
 
 
 def _check_keys(path: Path, where: str, given: Mapping, allowed: tuple[str, ...]) -> None:

@@ -15,7 +15,7 @@ from typing import Callable
 
 from ltbench import config as cfg
 from ltbench import typed
-from ltbench.bench.file import _NOT_RECIPE, Benchmark, MethodRow, row_train_config
+from ltbench.bench.file import Benchmark, MethodRow, recipe_train, row_train_config
 from ltbench.bench.tuning import TUNING_DIR, choose, combinations, tuning_metric, tuning_row, write_tuning
 from ltbench.config import TrainConfig
 from ltbench.errors import LtbenchError
@@ -150,11 +150,7 @@ def _tune(bench: Benchmark, out_dir: Path, train_rows, echo) -> tuple[Benchmark,
 
 def _row_config(bench: Benchmark, row: MethodRow, tuned: dict) -> TrainConfig:
     """The row's settings (its recipe, if any) with ``tuned`` values over everything else."""
-    recipe = {}
-    if row.recipe:
-        recipe = {k: v for k, v in get_method_class(row.method).recipes[row.recipe].train.items()
-                  if k not in _NOT_RECIPE}
-    return row_train_config(bench.data.dataset, bench.layers, recipe, f"recipe {row.recipe}", tuned)
+    return row_train_config(bench.data.dataset, bench.layers, recipe_train(row), f"recipe {row.recipe}", tuned)
 
 
 def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=print,

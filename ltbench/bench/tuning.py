@@ -28,7 +28,9 @@ from ltbench.store.files import atomic_write
 from ltbench.report.tuning import TUNING_FILE  # the report reads what the bench writes
 TUNING_DIR = "tuning"
 #: Settings that are the bench's or the machine's, not a recipe's: one pixel cache, one device.
-NOT_TUNABLE = ("image_size", "device", "seed", "eval_batch_size", "amp", "channels_last", "compile", "eval_view")
+#: Settings of the bench or the machine, never a recipe's or a tuning grid's (one pixel cache, one device).
+BENCH_WIDE = ("image_size", "device", "seed", "eval_batch_size", "amp", "channels_last", "compile")
+NOT_TUNABLE = BENCH_WIDE + ("eval_view",)
 
 
 def tuning_metric(select_metric: str) -> str:

@@ -158,3 +158,25 @@ def test_a_probe_on_a_module_that_is_not_linear_is_one_clear_error(data):
 
     with pytest.raises(LtbenchError, match="not an nn.Linear"):
         Trainer(cpu_config(epochs=1), progress=False).fit(ProbeTheBackbone(), data.bundle)
+
+
+def test_a_loss_that_is_not_per_sample_is_one_clear_error():
+    x, y = _problem()
+    with pytest.raises(LtbenchError, match="one loss per sample"):
+        fit_linear_probe(x, y, 3, lambda z, t: F.cross_entropy(z, t), Probe())
+
+
+def test_a_layer_that_runs_twice_in_predict_is_one_clear_error(data):
+    class TwiceThroughTheClassifier(Method):
+        def stages(self, info):
+            return [Stage(epochs=None), Stage(trains=("head",), probe=Probe())]
+
+        def training_step(self, model, batch):
+            return F.cross_entropy(model(batch.views[0]).float(), batch.labels)
+
+        def predict(self, model, images):
+            features = model.backbone(images)
+            return model.head(features) + model.head(features)
+
+    with pytest.raises(LtbenchError, match="ran 2 times"):
+        Trainer(cpu_config(epochs=1), progress=False).fit(TwiceThroughTheClassifier(), data.bundle)

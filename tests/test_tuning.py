@@ -56,6 +56,9 @@ def test_an_unknown_recipe_is_one_line(tmp_path, ce_recipe):
     path = _bench_file(tmp_path, methods={"ce_x": {"method": "ce", "recipe": "nope"}})
     with pytest.raises(LtbenchError, match=r"methods\.ce_x\.recipe = 'nope'.*its recipes: paper"):
         load_benchmark(path)
+    path = _bench_file(tmp_path, methods={"ce_x": {"method": "ce", "recipe": 3}})
+    with pytest.raises(LtbenchError, match=r"methods\.ce_x\.recipe = 3: expected a recipe name"):
+        load_benchmark(path)
 
 
 # --- the grid -------------------------------------------------------------------------------------
@@ -130,3 +133,12 @@ def test_the_shipped_tuned_benchmark_reads_as_documented():
     assert bench.row_config(bench.methods["ce"]).epochs == 20  # the shared protocol
     assert bench.methods["mwnl_paper"].tune == {"lr": [1e-4, 4e-4, 1e-3]}
     assert bench.row_config(bench.methods["mwnl_paper"]).optimizer == "adam"
+
+
+def test_bad_tune_flag_is_one_line_from_the_command_line(tmp_path, capsys):
+    from ltbench.cli import main
+
+    path = _bench_file(tmp_path, methods={"ce": {}})
+    assert main(["bench", "--benchmark", str(path), "--out", str(tmp_path / "out"), "--tune", "lr=0.1,x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ltbench: error: --tune.lr: 'x'") and "Traceback" not in "\n".join(err)

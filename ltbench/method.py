@@ -80,6 +80,10 @@ class Method(nn.Module):
     #: ``(sampler, (view, ...))`` giving that stream its own views. With several,
     #: ``training_step`` receives one Batch per stream, in this order.
     samplers: ClassVar[tuple[StreamSpec, ...]] = ("instance",)
+    #: Backbone families the method needs (prefixes of the ``backbone`` setting, e.g. ``("open_clip",)`` for a
+    #: method that uses CLIP's text tower); empty: any backbone. ``build_model`` raises ``LtbenchError`` on
+    #: another, and the contract test runs the method on a tiny model of the first family instead of small-cnn.
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -117,6 +121,7 @@ class Method(nn.Module):
         Called once, after ``setup`` and ``build_model``. The stage of an epoch follows from the
         epoch alone (``ltbench.stages.stage_bounds`` / ``stage_index``). A method with a ``view``
         keyword (ce, rotation_hashing) trains its one stream on that preset instead of ``views``.
+        An empty list trains nothing (zero-shot): the model as built is validated once and tested.
         """
         view = getattr(self, "view", None)
         return [Stage(samplers=tuple(self.samplers), views=(view,) if view else tuple(self.views))]

@@ -145,6 +145,8 @@ class Trainer:
         run = self._start(method, data, checkpoint)  # seed, setup, build_model, stages, on_train_start
         self._resume(run)  # a checkpoint's state replaces what the epochs so far produced
         bar = self._progress_bar(run)
+        if not run.stages:  # a method that trains nothing (zero-shot): the model as built is the checkpoint
+            self._untrained(run)
         for k, (stage, (start, end)) in enumerate(zip(run.stages, run.bounds)):
             if stage.probe is not None:  # the last stage: a closed-form fit, no epochs
                 self._probe_stage(run, k, stage, end)
@@ -172,8 +174,8 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         step_model = torch.compile(model) if cfg.compile else model
         stages = method.stages(info)
-        bounds = stage_bounds(stages, cfg.epochs)
-        if not any(stage.selectable and (end > start or stage.probe is not None)
+        bounds = stage_bounds(stages, cfg.epochs) if stages else [(0, 0)]  # no stages: the run ends at epoch 0
+        if stages and not any(stage.selectable and (end > start or stage.probe is not None)
                    for stage, (start, end) in zip(stages, bounds)):
             raise LtbenchError(f"method {method.name!r}: no stage with epochs is selectable as the "
                                "best-validation checkpoint")
@@ -208,6 +210,14 @@ class Trainer:
         return tqdm(total=total * steps, initial=run.first_epoch * steps, desc=self.desc or run.method.name,
                     unit="step", disable=None if self.progress else True, leave=False,
                     dynamic_ncols=True)  # None: bar only on a terminal
+
+    def _untrained(self, run: _Run) -> None:
+        """A method without stages: validate the model as built once; that is the tested checkpoint."""
+        self.epoch = 0
+        val = self.evaluate(run.method, run.model, run.data, run.data.val, train_counts=self._val_counts(run.info))
+        run.history.append({"epoch": 0, "lr": 0.0, "train_time_s": 0.0, "stage": "untrained",
+                            "val": {key: val["metrics"][key] for key in HEADLINE}})
+        self._select(run, 0, val, Stage(name="untrained"))
 
     def _probe_stage(self, run: _Run, k: int, stage: Stage, end: int) -> None:
         """The probe stage (the last): fit its Linear layer to convergence, validate, offer it for selection."""

@@ -64,10 +64,10 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------- rules
 
 
-def _backbones() -> tuple:
-    from ltbench.models import BACKBONES
+def _backbone(name: str) -> str | None:
+    from ltbench.models import backbone_problem
 
-    return BACKBONES
+    return backbone_problem(name)
 
 
 def _metrics() -> tuple:
@@ -116,7 +116,7 @@ MAX_EPOCHS = 100_000
 
 # What each TrainConfig field must satisfy beyond its type (the type comes from the dataclass).
 TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
-    "backbone": one_of(_backbones),
+    "backbone": _backbone,
     "pretrained": not_empty,
     "image_size": at_least(1),
     "epochs": lambda v: at_least(1)(v) or (None if v <= MAX_EPOCHS else f"must be at most {MAX_EPOCHS:,}"),
@@ -271,9 +271,17 @@ def check_environment(config: Any, sources: Mapping[str, Layer] | None = None) -
         raise LtbenchError(f"{where('pretrained')}: the {config.backbone} backbone has no pretrained weights "
                            "(set pretrained to none)")
     weights = config.pretrained
-    if weights and weights != "imagenet" and not weights.startswith(("http://", "https://")):
+    hub_backbone = config.backbone.startswith(("timm:", "open_clip:"))
+    if weights == "imagenet" and hub_backbone:
+        raise LtbenchError(f"{where('pretrained')}: imagenet names torchvision's ResNet weights; for {config.backbone} "
+                           "give hub, hub:<tag>, hf-hub:<org>/<repo>, a URL or a file")
+    if weights and (weights == "hub" or weights.startswith(("hub:", "hf-hub:"))) and not hub_backbone:
+        raise LtbenchError(f"{where('pretrained')}: hub weights are for timm: and open_clip: backbones "
+                           f"(give imagenet, a URL or a .pth file for {config.backbone})")
+    if (weights and weights not in ("imagenet", "hub") and not weights.startswith(("http://", "https://", "hub:", "hf-hub:"))):
         if not Path(weights).expanduser().is_file():
-            raise LtbenchError(f"{where('pretrained')}: no such file (give imagenet, a URL or a .pth file)")
+            raise LtbenchError(f"{where('pretrained')}: no such file (give imagenet, hub, hub:<tag>, hf-hub:<org>/<repo>, "
+                               "a URL or a .pth file)")
     if config.device != "auto":
         import torch
 

@@ -168,7 +168,7 @@ class Trainer:
         if min(info.class_counts) == 0:
             raise LtbenchError("the training split has an empty class")
         method.setup(info)
-        model = method.build_model(build_backbone(cfg.backbone, cfg.pretrained), info).to(device)
+        model = method.build_model(build_backbone(cfg.backbone, cfg.pretrained, cfg.image_size), info).to(device)
         method.to(device)  # after build_model, so state a method creates there moves too
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -1,0 +1,41 @@
+"""``build_backbone``: a backbone by name — ltbench's own, ``timm:<model>`` or ``open_clip:<arch>``."""
+from __future__ import annotations
+
+from ltbench.errors import LtbenchError
+from ltbench.models.backbone import Backbone
+from ltbench.models.resnet import OWN_BACKBONES, build_own_backbone
+
+#: Name prefixes of hub backbones: any timm model, the image tower of any open_clip model.
+HUB_PREFIXES = ("timm:", "open_clip:")
+BACKBONES = (*OWN_BACKBONES, "timm:<model>", "open_clip:<arch>")
+
+
+def backbone_problem(name: str) -> str | None:
+    """Why ``name`` is not a backbone name (None: it is); checked without importing timm or open_clip."""
+    if name in OWN_BACKBONES:
+        return None
+    for prefix in HUB_PREFIXES:
+        if name.startswith(prefix):
+            return None if name[len(prefix):].strip() else f"give the model after {prefix} (e.g. {prefix}" \
+                f"{'vit_base_patch16_224' if prefix == 'timm:' else 'ViT-B-16'})"
+    return f"choose one of {', '.join(BACKBONES)}"
+
+
+def build_backbone(name: str, pretrained: str | None = None, image_size: int | None = None) -> Backbone:
+    """Create a backbone by name.
+
+    ``pretrained``: None (random init), "imagenet" (torchvision's ResNet weights), ``hub`` /
+    ``hub:<tag>`` / ``hf-hub:<org>/<repo>`` (hub models), an http(s) URL or a local file.
+    ``image_size``: the benchmark's; transformers build their position embeddings for it.
+    """
+    if name.startswith("timm:"):
+        from ltbench.models.timm_models import build_timm_backbone
+
+        return build_timm_backbone(name[len("timm:"):], pretrained, image_size)
+    if name.startswith("open_clip:"):
+        from ltbench.models.clip import build_clip_backbone
+
+        return build_clip_backbone(name[len("open_clip:"):], pretrained, image_size)
+    if name not in OWN_BACKBONES:
+        raise LtbenchError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    return build_own_backbone(name, pretrained)

@@ -10,7 +10,8 @@ The trainer calls the hooks in a fixed order (docs/architecture.md)::
             on_epoch_start(epoch)
             for each step: loss = training_step(model, *batches); backward; optimiser step
             validate with predict(model, x) -> on_epoch_end(epoch, val_metrics)
-    test with predict(model, x), using the best-validation checkpoint (selectable stages only)
+    restore the best-validation checkpoint (selectable stages only) -> calibrate(run) (default: nothing)
+    test with predict(model, x)
 
 Streams and views: each entry of ``samplers`` is a sampler name (its stream gets ``views``) or
 ``(sampler, (view, ...))`` with the stream's own views, e.g. Hybrid-SC's
@@ -153,12 +154,39 @@ class Method(nn.Module):
         """Return the loss to minimise (and optionally a dict of scalar tensors to log)."""
         raise NotImplementedError
 
+    def sample_losses(self, model: nn.Module, *batches: Batch) -> tuple[Tensor, Tensor]:
+        """One step's per-sample losses ℓ [N] (float32) and each sample's class [N], with the step's loss
+        ``ℓ.mean()``: what ``optimizer: imbsam`` (ltbench/trainer/sam.py) splits into head and tail
+        classes, called instead of :meth:`training_step`. Implement it together with
+        :meth:`has_sample_losses`; default: not available (ImbSAM refuses the method before training).
+        """
+        raise NotImplementedError(f"{type(self).__name__} gives no per-sample losses")
+
+    def has_sample_losses(self) -> bool:
+        """Whether :meth:`sample_losses` is available for these hyperparameters (default False)."""
+        return False
+
     def on_epoch_end(self, epoch: int, val_metrics: dict) -> None:
         """Called after validation of ``epoch`` with the metrics of ``ltbench.metrics``."""
 
     def predict(self, model: nn.Module, images: Tensor) -> Tensor:
         """Logits whose argmax is the prediction and whose softmax gives the probabilities."""
         return model(images)
+
+    def calibrate(self, run: "RunAccess") -> dict | None:
+        """A post-hoc step on the tested checkpoint: after the last stage, once the best-validation
+        state is restored, before the test pass. Default: nothing (returns None; nothing else runs).
+
+        ``run`` gives eval-mode passes over the training or validation rows (``run.infer(fn,
+        split="val")``), never the test rows. Set buffers or parameters that ``predict`` reads
+        (decoupling's τ-norm chooses τ on validation, NCM computes class means, LWS and DisAlign fit
+        their few parameters) and return a record of plain JSON values with a finite ``loss`` (what
+        the step minimised, or the validation cross-entropy of the setting it chose); a ``probe``
+        entry (``ltbench.stages.Probe``'s record: ``converged``, ``iterations``, ...) is flagged by the
+        report when not converged. The trainer then validates again (the run's validation metrics are
+        the calibrated model's) and appends the record to the history (``stage: "calibration"``).
+        """
+        return None
 
     def probe_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Per-sample losses ([N], float64 in, float64 out) a probe stage (``ltbench.stages.Probe``)
@@ -185,7 +213,8 @@ class Method(nn.Module):
 class RunAccess:
     """What a method may do to the run it is in (given to :meth:`Method.on_train_start`).
 
-    * :meth:`infer`: an eval-mode pass over training rows with the evaluation transform;
+    * :meth:`infer`: an eval-mode pass over training (or, ``split="val"``, validation) rows with the
+      evaluation transform — never the test rows;
     * :meth:`reset_optimizer`: clear the shared optimiser's state (SGD momentum, Adam moments)
       after the current hook; the learning rate keeps following the run's schedule.
     """
@@ -193,16 +222,20 @@ class RunAccess:
     def __init__(self, trainer, method: Method, model: nn.Module, data, info: TrainInfo) -> None:
         self._trainer, self._method, self.model, self._data, self.info = trainer, method, model, data, info
         self.train_labels = torch.as_tensor(data.labels[data.train])  # labels in training-split order
+        self.val_labels = torch.as_tensor(data.labels[data.val])  # labels in validation-split order
         self._reset = False
 
-    def infer(self, fn, positions=None, batch_size: int | None = None) -> Tensor:
-        """``fn(model, images)`` over training rows, concatenated on the CPU.
+    def infer(self, fn, positions=None, batch_size: int | None = None, split: str = "train") -> Tensor:
+        """``fn(model, images)`` over training rows (``split="val"``: validation rows), on the CPU.
 
-        ``positions``: positions in the training split (default: all, in order). Model and method
-        are in eval mode under ``inference_mode``; ``fn`` may switch modules to train mode itself
-        (Monte-Carlo dropout) — the next epoch puts every module back.
+        ``positions``: positions in that split (default: all, in order). Model and method are in
+        eval mode under ``inference_mode``; ``fn`` may switch modules to train mode itself
+        (Monte-Carlo dropout) — the next epoch puts every module back. The test rows are not offered.
         """
-        rows = self._data.train if positions is None else self._data.train[np.asarray(positions, dtype=np.int64)]
+        if split not in ("train", "val"):
+            raise ValueError(f"RunAccess.infer: split must be 'train' or 'val', got {split!r}")
+        split_rows = self._data.train if split == "train" else self._data.val
+        rows = split_rows if positions is None else split_rows[np.asarray(positions, dtype=np.int64)]
         return self._trainer.infer(self._method, self.model, self._data, rows, fn, batch_size)
 
     def reset_optimizer(self) -> None:
@@ -265,3 +298,15 @@ class LossMethod(Method):
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def sample_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """:meth:`loss` per sample ([N], its mean the loss), for ImbSAM; a subclass that overrides it has
+        :meth:`sample_losses`."""
+        raise NotImplementedError(f"{type(self).__name__} gives no per-sample losses")
+
+    def has_sample_losses(self) -> bool:
+        # Mixed pairs have two classes each: ImbSAM's head/tail split is undefined under mixup.
+        return type(self).sample_loss is not LossMethod.sample_loss and not getattr(self, "mixup_alpha", 0.0) > 0
+
+    def sample_losses(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+        return self.sample_loss(model(batch.views[0]).float(), batch.labels), batch.labels

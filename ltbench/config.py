@@ -13,6 +13,7 @@ Training settings come in three layers, later ones winning: the dataset's defaul
 from __future__ import annotations
 
 import functools
+import math
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -36,8 +37,13 @@ class TrainConfig:
     lr: float = 0.002
     momentum: float = 0.9  # SGD
     weight_decay: float = 1e-4
-    optimizer: str = "sgd"  # sgd | adam (torch.optim.Adam: L2 weight decay, as MONICA and FlexSampling)
+    optimizer: str = "sgd"  # sgd | adam (torch.optim.Adam: L2 weight decay, as MONICA and FlexSampling) | sam | imbsam
     betas: tuple[float, float] = (0.9, 0.999)  # Adam
+    # SAM / ImbSAM over the SGD above (ltbench/trainer/sam.py): davda54/sam's rho and adaptive (ASAM);
+    # ImbSAM's tail = classes with fewer training images than the threshold (Imbalanced_SAM's --eta 20)
+    sam_rho: float = 0.05
+    sam_adaptive: bool = False
+    imbsam_threshold: int = 20
     lr_schedule: str = "cosine"  # cosine | step | constant, per stage (ltbench.schedules.stage_lr)
     lr_milestones: tuple[int, ...] = ()  # step: epochs of the stage where the lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
@@ -126,7 +132,9 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "momentum": non_negative,
     "weight_decay": non_negative,
     "select_metric": one_of(_metrics),
-    "optimizer": one_of(("sgd", "adam")),
+    "optimizer": one_of(("sgd", "adam", "sam", "imbsam")),
+    "sam_rho": lambda v: None if math.isfinite(v) and v >= 0 else "must be a finite number >= 0",
+    "imbsam_threshold": at_least(1),
     "betas": lambda v: None if all(0 <= b < 1 for b in v) else "each beta must be in [0, 1)",
     "lr_schedule": one_of(_lr_schedules),
     "lr_milestones": lambda v: None if all(m >= 1 for m in v) and list(v) == sorted(set(v)) else

@@ -154,6 +154,18 @@ class Method(nn.Module):
         """Return the loss to minimise (and optionally a dict of scalar tensors to log)."""
         raise NotImplementedError
 
+    def sample_losses(self, model: nn.Module, *batches: Batch) -> tuple[Tensor, Tensor]:
+        """One step's per-sample losses ℓ [N] (float32) and each sample's class [N], with the step's loss
+        ``ℓ.mean()``: what ``optimizer: imbsam`` (ltbench/trainer/sam.py) splits into head and tail
+        classes, called instead of :meth:`training_step`. Implement it together with
+        :meth:`has_sample_losses`; default: not available (ImbSAM refuses the method before training).
+        """
+        raise NotImplementedError(f"{type(self).__name__} gives no per-sample losses")
+
+    def has_sample_losses(self) -> bool:
+        """Whether :meth:`sample_losses` is available for these hyperparameters (default False)."""
+        return False
+
     def on_epoch_end(self, epoch: int, val_metrics: dict) -> None:
         """Called after validation of ``epoch`` with the metrics of ``ltbench.metrics``."""
 
@@ -286,3 +298,15 @@ class LossMethod(Method):
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def sample_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """:meth:`loss` per sample ([N], its mean the loss), for ImbSAM; a subclass that overrides it has
+        :meth:`sample_losses`."""
+        raise NotImplementedError(f"{type(self).__name__} gives no per-sample losses")
+
+    def has_sample_losses(self) -> bool:
+        # Mixed pairs have two classes each: ImbSAM's head/tail split is undefined under mixup.
+        return type(self).sample_loss is not LossMethod.sample_loss and not getattr(self, "mixup_alpha", 0.0) > 0
+
+    def sample_losses(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+        return self.sample_loss(model(batch.views[0]).float(), batch.labels), batch.labels

@@ -45,6 +45,8 @@ KEY_NEUTRAL: dict[str, object] = {
     # TrainConfig, issue 15: the protocol options of FlexSampling's and MONICA's benchmarks
     "optimizer": "sgd", "betas": (0.9, 0.999), "lr_schedule": "cosine", "lr_milestones": (), "lr_gamma": 0.1,
     "warmup_epochs": 0, "warmup_start_factor": 0.01, "group_sizes": (), "eval_view": "eval",
+    # issue 24: SAM / ImbSAM settings, inert unless optimizer is sam or imbsam
+    "sam_rho": 0.05, "sam_adaptive": False, "imbsam_threshold": 20,
     # rotation_hashing's training view (issue 16: the code's plain_half pipeline)
     "view": "standard",
     # method keywords, issue 15: the loss tricks of FlexSampling's repository (LossMethod, ce, focal, ...)
@@ -503,6 +505,9 @@ def check_methods_on_data(rows: dict[str, tuple[str, dict]], config: TrainConfig
             method.setup(info)
         except (ValueError, TypeError) as exc:
             raise LtbenchError(f"method {row!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        if config.optimizer == "imbsam" and not method.has_sample_losses():
+            raise LtbenchError(f"optimizer imbsam: method {row!r} gives no per-sample losses (Method.sample_losses), "
+                               "which ImbSAM splits into head and tail classes")
         if config.batch_size < 2:
             model = method.build_model(build_backbone(config.backbone, None), info)
             if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):

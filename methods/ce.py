@@ -47,3 +47,7 @@ class CrossEntropy(LossMethod):
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         # label_smoothing = 0.0 is F.cross_entropy's default: the same call as plain CE.
         return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+
+    def sample_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        # Per sample for ImbSAM (optimizer: imbsam), as its code's CrossEntropyLoss(reduction="none").
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="none")

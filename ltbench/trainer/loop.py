@@ -37,6 +37,7 @@ from ltbench.schedules import stage_lr
 from ltbench.stages import Stage, stage_bounds, stream_specs
 from ltbench.store.checkpoint import CheckpointStore, hook, plain, rng_state, set_rng_state, unplain
 from ltbench.trainer.probe import fit_linear_probe, linear_inputs
+from ltbench.trainer.sam import SharpnessAware, sharpness_aware
 from ltbench.trainer.selection import Candidates, selection_score
 
 
@@ -238,6 +239,7 @@ class Trainer:
         params = self._trainable_parameters(run.model, trained, run.requires_grad)
         base_lr = cfg.lr if stage.lr is None else stage.lr
         optimizer = self._optimizer(params, stage, base_lr)
+        sharpness = sharpness_aware(cfg, stage, optimizer, run.model, run.method, run.info.class_counts)
         active = self._active_positions(run.method, len(run.data.train))
         streams = self._streams(run.method, stage, k, run.data, run.train_labels, run.augmentations, active)
         if run.resume is not None and inside:  # the stage's fresh optimiser and streams take their saved state
@@ -252,7 +254,8 @@ class Trainer:
             lr = self._set_lr(optimizer, stage, base_lr, epoch - start, end - start)
             self._train_mode(run, trained)
             run.method.on_epoch_start(epoch)
-            train_loss, logs, steps, train_time = self._train_epoch(run, k, stage, streams, optimizer, bar, epoch)
+            train_loss, logs, steps, train_time = self._train_epoch(run, k, stage, streams, optimizer, bar, epoch,
+                                                                    sharpness)
             val = self.evaluate(run.method, run.model, run.data, run.data.val, train_counts=self._val_counts(run.info))
             run.method.on_epoch_end(epoch, val["metrics"])
             if run.access.take_reset():  # asked for by the hook: momentum / Adam moments cleared
@@ -304,7 +307,8 @@ class Trainer:
         run.method.train()
 
     def _train_epoch(self, run: _Run, k: int, stage: Stage, streams: list[TrainStream],
-                     optimizer: torch.optim.Optimizer, bar: tqdm, epoch: int) -> tuple[float, dict, int, float]:
+                     optimizer: torch.optim.Optimizer, bar: tqdm, epoch: int,
+                     sharpness: SharpnessAware | None = None) -> tuple[float, dict, int, float]:
         """One epoch's steps: (mean training loss, mean of each logged value, steps, seconds)."""
         method = run.method
         loss_sum = torch.zeros((), device=self.device)
@@ -312,16 +316,13 @@ class Trainer:
         epoch_start = time.perf_counter()
         steps = min(len(stream) for stream in streams)  # zip stops at the shortest stream
         for batches in zip(*streams):
-            with self.autocast():
-                out = method.training_step(run.step_model, *batches)
-            loss, logs = out if isinstance(out, tuple) else (out, {})
-            if not loss.requires_grad:
-                bar.close()
-                raise LtbenchError(f"method {method.name!r}: the loss of stage {k} ({stage.name or 'unnamed'}) "
-                                   f"depends on no parameter it trains ({stage.trains or 'the whole model'})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if sharpness is not None:  # the method's step twice, the second at the perturbed weights
+                loss, logs = sharpness.step(lambda per_sample: self._step_loss(run, k, stage, batches, bar, per_sample))
+            else:
+                loss, logs = self._step_loss(run, k, stage, batches, bar)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             # Accumulate on the device: no .item() sync per step.
             loss_sum += loss.detach().float()
             for key, value in logs.items():
@@ -334,6 +335,21 @@ class Trainer:
             raise LtbenchError(f"method {method.name!r}: the training loss became {train_loss} in epoch {epoch}")
         train_time = time.perf_counter() - epoch_start
         return train_loss, {key: (value / steps).item() for key, value in log_sums.items()}, steps, train_time
+
+    def _step_loss(self, run: _Run, k: int, stage: Stage, batches: tuple, bar: tqdm,
+                   per_sample: bool = False) -> tuple:
+        """The method's loss on one step's batches and its logs; ``per_sample``: ``((losses, labels), {})``
+        from ``Method.sample_losses`` (ImbSAM's head/tail split)."""
+        method = run.method
+        with self.autocast():
+            out = (method.sample_losses(run.step_model, *batches) if per_sample
+                   else method.training_step(run.step_model, *batches))
+        loss, logs = (out, {}) if per_sample else out if isinstance(out, tuple) else (out, {})
+        if not (loss[0] if per_sample else loss).requires_grad:
+            bar.close()
+            raise LtbenchError(f"method {method.name!r}: the loss of stage {k} ({stage.name or 'unnamed'}) "
+                               f"depends on no parameter it trains ({stage.trains or 'the whole model'})")
+        return loss, logs
 
     def _select(self, run: _Run, epoch: int, val: dict, stage: Stage) -> float:
         """The checkpoint rule (strictly better; ties keep the earlier epoch) and every rule's candidate.
@@ -420,7 +436,7 @@ class Trainer:
         return val, record
 
     def _optimizer(self, params: list[torch.nn.Parameter], stage: Stage, lr: float) -> torch.optim.Optimizer:
-        """The stage's fresh optimiser: the config's (or the stage's own) SGD or Adam."""
+        """The stage's fresh optimiser: the config's (or the stage's own) SGD or Adam (SGD under SAM / ImbSAM)."""
         cfg = self.config
         weight_decay = cfg.weight_decay if stage.weight_decay is None else stage.weight_decay
         kind = stage.optimizer or cfg.optimizer

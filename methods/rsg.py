@@ -98,9 +98,9 @@ class RSG(Method):
     recipes = {"paper": Recipe(
         source="Jianf-Wang/RSG Imbalanced_Classification/cifar_train.py @ 3c50745 (Wang et al., CVPR 2021)",
         train={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 128,
-               "epochs": 200, "lr_schedule": "step", "lr_milestones": (160, 180), "lr_gamma": 0.01,
+               "epochs": 200, "lr_schedule": "step", "lr_milestones": (159, 179), "lr_gamma": 0.01,
                "warmup_epochs": 4, "warmup_start_factor": 0.2},
-        note="its adjust_learning_rate is the LDAM-DRW script's (methods/ce.py); CIFAR-10/100-LT, ResNet-32 at 32 px; "
+        note="its adjust_learning_rate: ×0.01 from 0-indexed epoch 159 and 179 (LDAM-DRW's from 160 and 180); CIFAR-10/100-LT, ResNet-32 at 32 px; "
              "backbone, size and views stay the benchmark's")}
 
     def __init__(self, n_center: int = 15, contrastive_dim: int = 256, head_tail_ratio: float = 0.2,

@@ -52,6 +52,15 @@ class TrainConfig:
     select_metric: str = "acc"  # ltbench.metrics.SELECTABLE
     group_sizes: tuple[int, ...] = ()  # (head, medium) classes by training frequency; () = terciles
     eval_view: str = "eval"  # the preset of validation, test, RunAccess.infer and retrieval (e.g. plain_half)
+    # Fine-tuning (issue 23; ltbench/models/finetune.py, docs/finetuning.md): which backbone parameters train
+    finetune: str = "full"  # full | linear | partial | lora | adaptformer | vpt | bitfit
+    finetune_blocks: int = 1  # partial: the last k blocks train
+    finetune_rank: int = 8  # lora: rank r (alpha = r)
+    finetune_dim: int = 64  # adaptformer: bottleneck width
+    finetune_prompts: int = 10  # vpt: prompt tokens per block
+    layer_decay: float = 1.0  # layer-wise lr decay (BEiT/MAE): block i of L gets lr · decay^(L + 1 − i); 1 = none
+    grad_checkpointing: bool = False  # timm / open_clip transformers: recompute activations in backward
+    normalise: str = "model"  # model: a hub backbone's own mean/std (ImageNet's otherwise) | imagenet
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (no loss scaling needed, unlike fp16)
     channels_last: bool = True  # CUDA only
@@ -99,6 +108,12 @@ def _deterministic_preset(name: str) -> str | None:
     return None
 
 
+def _finetune_modes() -> tuple:
+    from ltbench.models.finetune import FINETUNE_MODES
+
+    return FINETUNE_MODES
+
+
 def _lr_schedules() -> tuple:
     from ltbench.schedules import LR_SCHEDULES
 
@@ -143,6 +158,13 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "warmup_epochs": non_negative,
     "warmup_start_factor": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
     "eval_view": _deterministic_preset,
+    "finetune": one_of(_finetune_modes),
+    "finetune_blocks": at_least(1),
+    "finetune_rank": at_least(1),
+    "finetune_dim": at_least(1),
+    "finetune_prompts": at_least(1),
+    "layer_decay": lambda v: None if 0 < v <= 1 else "must be in (0, 1] (1: no decay)",
+    "normalise": one_of(("model", "imagenet")),
     "group_sizes": lambda v: None if len(v) in (0, 2) and all(n >= 1 for n in v) else
     "give [head, medium]: the number of head and medium classes by training frequency (empty: terciles)",
     "device": _device,
@@ -290,6 +312,12 @@ def check_environment(config: Any, sources: Mapping[str, Layer] | None = None) -
         if not Path(weights).expanduser().is_file():
             raise LtbenchError(f"{where('pretrained')}: no such file (give imagenet, hub, hub:<tag>, hf-hub:<org>/<repo>, "
                                "a URL or a .pth file)")
+    if config.finetune in ("lora", "adaptformer", "vpt") and not config.backbone.startswith(("timm:", "open_clip:")):
+        raise LtbenchError(f"{where('finetune')}: needs a transformer backbone (timm: or open_clip:), "
+                           f"not {config.backbone}")
+    if config.grad_checkpointing and not config.backbone.startswith(("timm:", "open_clip:")):
+        raise LtbenchError(f"{where('grad_checkpointing')}: only timm: and open_clip: backbones support it, "
+                           f"not {config.backbone}")
     if config.device != "auto":
         import torch
 

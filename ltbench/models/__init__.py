@@ -9,9 +9,12 @@ imported only when such a backbone is built.
 from ltbench.models.attention import AttendedNorm, DilatedSpatialAttention, add_spatial_attention
 from ltbench.models.backbone import Backbone, InputConfig
 from ltbench.models.build import BACKBONES, HUB_PREFIXES, backbone_problem, build_backbone
+from ltbench.models.finetune import (FINETUNE_MODES, AdaptFormer, AdaptFormerBlock, FinetuneSpec, PromptedBlock,
+                                     prepare_backbone)
 from ltbench.models.heads import Classifier, NormedLinear, ProjectionHead
 from ltbench.models.weights import load_weights
 
-__all__ = ["BACKBONES", "HUB_PREFIXES", "AttendedNorm", "Backbone", "Classifier", "DilatedSpatialAttention",
-           "InputConfig", "NormedLinear", "ProjectionHead", "add_spatial_attention", "backbone_problem",
-           "build_backbone", "load_weights"]
+__all__ = ["BACKBONES", "FINETUNE_MODES", "HUB_PREFIXES", "AdaptFormer", "AdaptFormerBlock", "AttendedNorm", "Backbone",
+           "Classifier", "DilatedSpatialAttention", "FinetuneSpec", "InputConfig", "NormedLinear", "ProjectionHead",
+           "PromptedBlock", "add_spatial_attention", "backbone_problem", "build_backbone", "load_weights",
+           "prepare_backbone"]

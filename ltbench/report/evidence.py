@@ -308,6 +308,15 @@ def _cuda_peak(runs: Sequence[dict]) -> str:
     return f"{max(values):.0f}" if values else "— (no CUDA)"
 
 
+def _param_counts(runs: Sequence[dict]) -> str:
+    """Trainable / total parameters of the trained model (``params`` of each result, issue 23: the
+    fine-tuning mode decides the first); the seeds' values if they differ, "n/a" for older results."""
+    counts = sorted({(r["params"]["trainable"], r["params"]["total"]) for r in runs if isinstance(r.get("params"), dict)})
+    if not counts:
+        return "n/a"
+    return "; ".join(f"{t / 1e6:.3g}M / {n / 1e6:.3g}M ({100 * t / n:.2g}%)" if n else "0 / 0" for t, n in counts)
+
+
 def cost_table(results: Sequence[dict], methods: Sequence[str]) -> str:
     """Wall time per run, training time per epoch, training images/s and device, mean ± std over seeds;
     peak memory (CPU RSS, CUDA max allocated), the largest over seeds ("n/a" for results without it)."""
@@ -320,9 +329,9 @@ def cost_table(results: Sequence[dict], methods: Sequence[str]) -> str:
         rate = [n / t if t and t > 0 else math.nan for n, t in zip(train_images, epoch_times)]
         devices = ", ".join(sorted({str(r.get("device", "?")) for r in runs}))
         rows.append([m, _mean_std([r.get("wall_time_s", math.nan) for r in runs]), _mean_std(epoch_times),
-                     _mean_std(rate), _peak_rss(runs), _cuda_peak(runs), devices])
+                     _mean_std(rate), _peak_rss(runs), _cuda_peak(runs), devices, _param_counts(runs)])
     headers = ["Method", "Wall time per run (s)", "Train time per epoch (s)", "Train-split images/s",
-               "Peak RSS (MB)", "CUDA max allocated (MB)", "Device"]
+               "Peak RSS (MB)", "CUDA max allocated (MB)", "Device", "Trainable / total parameters"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ltbench.config import TrainConfig
-from ltbench.data.augment import get_augmentation
+from ltbench.data.augment import get_augmentation, renormalised
 from ltbench.data.geometry import ANY_GEOMETRY, ViewGeometry
 from ltbench.data.loader import TrainStream, eval_batches
 from ltbench.data.samplers import steps_per_epoch
@@ -33,6 +33,8 @@ from ltbench.errors import LtbenchError
 from ltbench.method import Method, RunAccess, TrainInfo
 from ltbench.metrics import HEADLINE, compute_metrics
 from ltbench.models import build_backbone
+from ltbench.models.finetune import (FinetuneSpec, freeze_norm_statistics, optimizer_params, parameter_counts,
+                                     prepare_backbone)
 from ltbench.schedules import stage_lr
 from ltbench.stages import Stage, stage_bounds, stream_specs
 from ltbench.store.checkpoint import CheckpointStore, hook, plain, rng_state, set_rng_state, unplain
@@ -70,6 +72,7 @@ class RunOutput:
     test: dict
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # labels and probabilities
     wall_time_s: float = 0.0
+    params: dict[str, int] = field(default_factory=dict)  # trainable and total parameter counts (issue 23)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,6 +137,8 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and config.amp else nullcontext
         self.channels_last = cuda and config.channels_last
+        self.finetune = FinetuneSpec.of(config)
+        self.input_config = None  # the backbone's InputConfig when its mean/std normalise (set by fit)
 
     # ----------------------------------------------------------------------------------------
     def fit(self, method: Method, data: DataBundle, checkpoint: CheckpointStore | None = None) -> RunOutput:
@@ -169,7 +174,11 @@ class Trainer:
         if min(info.class_counts) == 0:
             raise LtbenchError("the training split has an empty class")
         method.setup(info)
-        model = method.build_model(build_backbone(cfg.backbone, cfg.pretrained, cfg.image_size), info).to(device)
+        # The fine-tuning mode acts on the backbone before build_model: copies a method makes of its
+        # parts (BBN's second branch) carry the inserted modules and frozen flags; heads stay trainable.
+        backbone = prepare_backbone(build_backbone(cfg.backbone, cfg.pretrained, cfg.image_size), self.finetune)
+        self.input_config = backbone.input_config if cfg.normalise == "model" else None
+        model = method.build_model(backbone, info).to(device)
         method.to(device)  # after build_model, so state a method creates there moves too
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -181,6 +190,7 @@ class Trainer:
             raise LtbenchError(f"method {method.name!r}: no stage with epochs is selectable as the "
                                "best-validation checkpoint")
         requires_grad = [p.requires_grad for p in model.parameters()]  # restored after the run
+        self.param_counts = parameter_counts(model)  # under the fine-tuning mode, before stages narrow it
         access = RunAccess(self, method, model, data, info)
         method.on_train_start(access)  # before a resume's state is loaded: a first attempt's draws
         access.take_reset()  # no optimiser exists yet: a reset asked for here has nothing to clear
@@ -238,7 +248,7 @@ class Trainer:
         trained = self._trained_modules(run.model, stage, k)
         params = self._trainable_parameters(run.model, trained, run.requires_grad)
         base_lr = cfg.lr if stage.lr is None else stage.lr
-        optimizer = self._optimizer(params, stage, base_lr)
+        optimizer = self._optimizer(optimizer_params(run.model, params), stage, base_lr)
         sharpness = sharpness_aware(cfg, stage, optimizer, run.model, run.method, run.info.class_counts)
         active = self._active_positions(run.method, len(run.data.train))
         streams = self._streams(run.method, stage, k, run.data, run.train_labels, run.augmentations, active)
@@ -252,7 +262,7 @@ class Trainer:
             self.epoch = epoch
             streams, active = self._follow_training_rows(run, stage, k, streams, active)
             lr = self._set_lr(optimizer, stage, base_lr, epoch - start, end - start)
-            self._train_mode(run, trained)
+            self._train_mode(run, trained, self.finetune)
             run.method.on_epoch_start(epoch)
             train_loss, logs, steps, train_time = self._train_epoch(run, k, stage, streams, optimizer, bar, epoch,
                                                                     sharpness)
@@ -293,17 +303,18 @@ class Trainer:
                       cfg.lr_gamma if stage.lr_gamma is None else stage.lr_gamma,
                       cfg.warmup_epochs if stage.warmup_epochs is None else stage.warmup_epochs,
                       cfg.warmup_start_factor)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group in optimizer.param_groups:  # lr_scale: layer-wise lr decay (ltbench.models.finetune)
+            group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
         return lr
 
     @staticmethod
-    def _train_mode(run: _Run, trained: list[torch.nn.Module] | None) -> None:
+    def _train_mode(run: _Run, trained: list[torch.nn.Module] | None, finetune: FinetuneSpec) -> None:
         run.model.train()
         if trained is not None:  # frozen parts in eval mode: BatchNorm statistics stay put
             run.model.eval()
             for module in trained:
                 module.train()
+        freeze_norm_statistics(run.model, finetune)  # a fine-tuning mode's frozen BatchNorms too
         run.method.train()
 
     def _train_epoch(self, run: _Run, k: int, stage: Stage, streams: list[TrainStream],
@@ -386,7 +397,8 @@ class Trainer:
         arrays = {"val_labels": best_val["labels"], "val_probs": best_val["probs"],
                   "test_labels": test["labels"], "test_probs": test["probs"], **run.candidates.arrays()}
         return RunOutput(history=run.history, best_epoch=best_epoch, val=best_val["metrics"], test=test["metrics"],
-                         arrays=arrays, wall_time_s=run.elapsed + time.perf_counter() - run.start_time)
+                         arrays=arrays, wall_time_s=run.elapsed + time.perf_counter() - run.start_time,
+                         params=self.param_counts)
 
     def _calibrate(self, run: _Run, best_val: dict) -> dict:
         """``Method.calibrate`` on the restored checkpoint; when it returns a record, validate again and
@@ -513,7 +525,7 @@ class Trainer:
         for j, (sampler, stream_views) in enumerate(stream_specs(samplers, views)):
             for view in stream_views:
                 if view not in augmentations:
-                    augmentations[view] = get_augmentation(view, cfg.image_size, data.geometry)
+                    augmentations[view] = self._normalised(get_augmentation(view, cfg.image_size, data.geometry))
             generator = (torch.Generator().manual_seed(cfg.seed * 1000 + 100 * k + j) if generators is None
                          else generators[j])
             rows, labels = (data.train, train_labels) if active is None else (data.train[active], train_labels[active])
@@ -525,7 +537,12 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
     def eval_transform(self) -> torch.nn.Module:
         """The deterministic preset every evaluation pass uses (``TrainConfig.eval_view``)."""
-        return get_augmentation(self.config.eval_view, self.config.image_size)
+        return self._normalised(get_augmentation(self.config.eval_view, self.config.image_size))
+
+    def _normalised(self, augment: torch.nn.Module) -> torch.nn.Module:
+        """A preset with the backbone's own mean/std where it uses ImageNet's (``normalise: model``)."""
+        cfg = self.input_config
+        return augment if cfg is None else renormalised(augment, cfg.mean, cfg.std)
 
     @torch.inference_mode()
     def infer(self, method: Method, model: torch.nn.Module, data: DataBundle, rows: np.ndarray, fn,

@@ -73,7 +73,7 @@ from ltbench.data.augment import randaugment as _randaugment  # noqa: F401  regi
 from ltbench.data.augment.batch import IMAGENET_MEAN, IMAGENET_STD, BatchAugment
 from ltbench.data.augment.colour import ColorJitter
 from ltbench.data.augment.presets import (PRESET_SOURCES, PRESETS, Augmentation, get_augmentation, list_augmentations,
-                                          register_augmentation, unregister_augmentation)
+                                          register_augmentation, renormalised, unregister_augmentation)
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "PRESET_SOURCES", "Augmentation", "BatchAugment", "ColorJitter",
-           "get_augmentation", "list_augmentations", "register_augmentation", "unregister_augmentation"]
+           "get_augmentation", "list_augmentations", "register_augmentation", "renormalised", "unregister_augmentation"]

@@ -140,3 +140,18 @@ def get_augmentation(name: str, image_size: int, geometry: ViewGeometry | None =
         raise LtbenchError(f"augmentation {name!r} has no restricted(geometry) method, so it cannot drop what this "
                            f"dataset's labels do not survive (it allows {geometry.describe()})")
     return restrict(geometry)
+
+
+def renormalised(augment: Augmentation, mean: tuple[float, ...], std: tuple[float, ...]) -> Augmentation:
+    """``augment`` normalising with ``mean``/``std`` (a backbone's own, issue 23) wherever it used ImageNet's.
+
+    Changed in place and returned; parts with other constants (``plain_half``'s 0.5, RandAugment's
+    inner unnormalised pass) keep theirs, so a view that departs on purpose stays as registered.
+    """
+    from ltbench.data.augment.batch import IMAGENET_MEAN, IMAGENET_STD
+
+    parts = augment.modules() if isinstance(augment, torch.nn.Module) else [augment]
+    for part in parts:
+        if tuple(getattr(part, "mean", ())) == IMAGENET_MEAN and tuple(getattr(part, "std", ())) == IMAGENET_STD:
+            part.mean, part.std = tuple(mean), tuple(std)
+    return augment

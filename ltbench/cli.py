@@ -232,16 +232,29 @@ def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, backbone, pretr
 @click.option("--baseline", default="ce", show_default=True,
               help="The row the paired tests compare every other method with ('none' for no tests).")
 def report_cmd(run_dir: Path, out: Path | None, baseline: str) -> None:
-    """Rebuild the tables, evidence and figures of RUN_DIR from its result files alone."""
-    from ltbench.report import load_results, write_report
+    """Rebuild the tables, evidence and figures of RUN_DIR from its result files alone.
+
+    A damaged result file is one line naming it (exit 2). Runs of a row made with other settings than
+    its newest run (a --force retrain of one seed) are left out of the table and listed (exit 2).
+    """
+    from ltbench.report import write_report
+    from ltbench.report.results import mixed_settings
+    from ltbench.report.summary import result_files
 
     if not run_dir.is_dir():
         raise LtbenchError(f"{run_dir}: no such folder")
     runs = run_dir / "runs" if (run_dir / "runs").is_dir() else run_dir
-    files = write_report(load_results(runs), out or run_dir, run_dir=runs,
+    kept, stale = mixed_settings(result_files(runs))
+    for s in stale:
+        click.echo(f"ltbench: warning: {s['path']}: {s['method']} seed {s['seed']} was made with other settings "
+                   f"({s['why']}); left out of the table", err=True)
+    files = write_report([result for _, result in kept], out or run_dir, run_dir=runs, stale=stale,
                          baseline=None if baseline.lower() == "none" else baseline)
     for name, path in files.items():
         click.echo(f"{name}: {path}")
+    if stale:
+        raise LtbenchError(f"{len(stale)} run(s) left out of the report, made with other settings than their row's "
+                           f"newest run (listed in {files['summary.md']}); rerun the bench with --force to retrain them")
 
 
 @cli.group("data")

@@ -47,9 +47,6 @@ KEY_NEUTRAL: dict[str, object] = {
     "warmup_epochs": 0, "warmup_start_factor": 0.01, "group_sizes": (), "eval_view": "eval",
     # issue 24: SAM / ImbSAM settings, inert unless optimizer is sam or imbsam
     "sam_rho": 0.05, "sam_adaptive": False, "imbsam_threshold": 20,
-    # issue 23: fine-tuning modes and the input normalisation (a hub backbone's own; ImageNet's for the others)
-    "finetune": "full", "finetune_blocks": 1, "finetune_rank": 8, "finetune_dim": 64, "finetune_prompts": 10,
-    "layer_decay": 1.0, "grad_checkpointing": False, "normalise": "model",
     # rotation_hashing's training view (issue 16: the code's plain_half pipeline)
     "view": "standard",
     # method keywords, issue 15: the loss tricks of FlexSampling's repository (LossMethod, ce, focal, ...)
@@ -216,10 +213,12 @@ def result_paths(out_dir: Path, method: str, seed: int) -> tuple[Path, Path]:
 
 
 def read_result(path: Path) -> dict | None:
-    """A stored result file, None if absent; an unreadable one is one LtbenchError line.
+    """A stored result file, None if absent; an unreadable or damaged one is one LtbenchError line.
 
     Results are written atomically, so a truncated or garbled file was made or damaged outside
-    ltbench: it is reported, never silently replaced (``--force`` retrains and replaces it).
+    ltbench: it is reported, never silently replaced (``--force`` retrains and replaces it). The JSON
+    and its NPZ are checked by the report's readers (``ltbench.report.results``), so the bench never
+    reads a key the file lacks.
     """
     path = Path(path)
     if not path.is_file():
@@ -230,8 +229,10 @@ def read_result(path: Path) -> dict | None:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise LtbenchError(f"{path}: unreadable result file ({reason}); remove it, or rerun with --force "
                            "to retrain and replace it") from None
-    if not isinstance(result, dict):
-        raise LtbenchError(f"{path}: not a result file (expected a JSON object); remove it, or rerun with --force")
+    from ltbench.report.results import arrays_path, check_result, load_arrays
+
+    check_result(path, result)  # empty, incomplete, mistyped: one line (issue 21), as the report says it
+    load_arrays(arrays_path(path, result), result)  # and its NPZ: truncated, or the wrong row count
     return result
 
 
@@ -356,7 +357,8 @@ def run_one(method_name: str, params: dict, seed: int, config: TrainConfig, data
     raises :class:`StaleResult` (kept; ``replace_stale`` retrains it and a damaged result file,
     ``force`` retrains even an up-to-date result, from scratch). Training resumes from the run's last
     checkpoint (``seed<k>.ckpt``, written every epoch, removed once the result is written unless
-    ``keep_checkpoints``). A run that raises or whose loss becomes NaN/inf writes
+    ``keep_checkpoints``; ``seed<k>.ckpt.prev`` always is). Temp files a killed writer of this run left
+    are removed once the claim is held. A run that raises or whose loss becomes NaN/inf writes
     ``seed<k>.failed.json`` (epoch, reason) and ``seed<k>.failed.log`` (traceback) and raises
     :class:`RunFailed`; a recorded failure of the same key is raised again without training unless
     ``retry_failed``. A write that fails (full disk, read-only folder) is one LtbenchError line.
@@ -394,6 +396,8 @@ def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, 
     json_path, npz_path = result_paths(out_dir, row, seed)
     failed_path, log_path = failure_paths(out_dir, row, seed)
     store = CheckpointStore(json_path.with_suffix(""), key, warn=warn)
+    for stray in json_path.parent.glob(f".{json_path.stem}.*.tmp"):  # a killed writer's: we hold the claim
+        stray.unlink(missing_ok=True)
     if not force:
         try:
             stored = read_result(json_path)
@@ -463,7 +467,6 @@ def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, 
         "versions": versions(),
         "wall_time_s": round(output.wall_time_s, 3),
         "best_epoch": output.best_epoch,
-        "params": output.params,  # trainable and total parameters under the fine-tuning mode (issue 23)
         "history": output.history,
         "val": output.val,
         "test": output.test,
@@ -478,8 +481,7 @@ def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, 
     atomic_write(json_path, json.dumps(_jsonable(result), indent=1, allow_nan=True))
     failed_path.unlink(missing_ok=True)
     log_path.unlink(missing_ok=True)
-    if not keep_checkpoints:
-        store.remove()
+    store.remove(keep_latest=keep_checkpoints)  # the previous checkpoint was a fallback while training
     return result, True
 
 

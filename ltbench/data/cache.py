@@ -15,7 +15,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from ltbench.data.base import ImageSet
 from ltbench.errors import LtbenchError
-from ltbench.store.files import atomic_write, default_file_mode
+from ltbench.store.files import atomic_write, make_temp, remove_stale_temps
 
 # v2: the manifest keeps original sizes, source hashes and EXIF orientations (v1 caches rebuild once).
 FORMAT_VERSION = 2
@@ -77,8 +76,9 @@ def load_images(image_set: ImageSet, size: int, cache_dir: Path, workers: int = 
         return CachedImages(pixels, sizes)
     paths = [Path(p).absolute() for p in image_set.paths]
     npy, manifest_path = cache_paths(paths, size, Path(cache_dir))
+    remove_stale_temps(Path(cache_dir), "pixels_*")  # a killed build's .npy temp file, once its writer is gone
     manifest = _manifest(paths, size)  # stat before decoding: a file changed meanwhile is caught next time
-    saved = _valid_manifest(npy, manifest_path, manifest)
+    saved = _valid_manifest(npy, manifest_path, manifest, echo)
     if saved is not None:
         if not verify or _hashes_match(paths, saved, workers):
             return _cached(npy, saved, built=False)
@@ -179,16 +179,43 @@ def _manifest(paths: list[Path], size: int) -> dict:
 _CHECKED = ("format_version", "size", "count", "files")
 
 
-def _valid_manifest(npy: Path, manifest_path: Path, manifest: dict) -> dict | None:
-    """The saved manifest if it matches the sources (size, mtime) and the array has the right shape."""
+def _manifest_problem(saved: object, count: int) -> str | None:
+    """What makes a saved manifest unusable (it was damaged or written by something else), or None."""
+    if not isinstance(saved, dict):
+        return f"a JSON {type(saved).__name__}, not an object"
+    sizes = saved.get("original_sizes")
+    if not isinstance(sizes, list) or len(sizes) != count or not all(
+            isinstance(hw, list) and len(hw) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                         for v in hw) for hw in sizes):
+        return f"'original_sizes' is not a list of {count} (height, width) pairs"
+    for key in ("sha256", "exif_oriented"):
+        if key in saved and not isinstance(saved[key], list):
+            return f"{key!r} is not a list"
+    if not all(isinstance(i, int) and 0 <= i < count for i in saved.get("exif_oriented", [])):
+        return "'exif_oriented' is not a list of image indices"
+    return None
+
+
+def _valid_manifest(npy: Path, manifest_path: Path, manifest: dict,
+                    echo: Callable[[str], None] | None = None) -> dict | None:
+    """The saved manifest if it matches the sources (size, mtime) and the array has the right shape.
+
+    A manifest damaged outside ltbench (a list, string ``original_sizes``) is one note and a rebuild:
+    the cache is derived data, never a traceback (issue 21).
+    """
     try:
         saved = json.loads(manifest_path.read_text())
         arr = np.lib.format.open_memmap(npy, mode="r")
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None  # no manifest = an interrupted or never-finished build
-    size = manifest["size"]
-    if any(saved.get(k) != manifest[k] for k in _CHECKED) or len(saved.get("original_sizes", ())) != manifest["count"]:
+    if isinstance(saved, dict) and any(saved.get(k) != manifest[k] for k in _CHECKED):
+        return None  # the sources changed: rebuilt, as make would
+    problem = _manifest_problem(saved, manifest["count"])
+    if problem is not None:
+        (echo or _stderr)(f"ltbench: note: pixel cache manifest {manifest_path} is damaged ({problem}): "
+                          "rebuilding the cache")
         return None
+    size = manifest["size"]
     if arr.dtype != np.uint8 or arr.shape != (manifest["count"], size, size, 3):
         return None
     return saved
@@ -227,8 +254,7 @@ def _build(paths: list[Path], size: int, npy: Path, manifest_path: Path, manifes
     """Decode all images into a temporary .npy, rename it into place, then write the manifest."""
     npy.parent.mkdir(parents=True, exist_ok=True)
     manifest_path.unlink(missing_ok=True)  # from here on the old cache counts as invalid
-    fd, tmp = tempfile.mkstemp(dir=npy.parent, prefix=f".{npy.name}.", suffix=".tmp")
-    os.fchmod(fd, default_file_mode())  # the user's umask, not mkstemp's 0600
+    fd, tmp = make_temp(npy)  # the user's umask, not mkstemp's 0600; names its writer
     os.close(fd)
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))

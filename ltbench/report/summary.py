@@ -8,7 +8,6 @@ Input is the run result files (one JSON per method x seed, see ``load_results``)
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ from tabulate import tabulate
 
 from ltbench.errors import LtbenchError
 from ltbench.metrics import GROUPS, HEADLINE, HEADLINE_LABELS
+from ltbench.report.results import RESULT_NAME, arrays_path, check_result, load_arrays, read_json
 
 GROUP_LABELS = {"head": "Head", "medium": "Medium", "tail": "Tail"}
 _LATEX_SPECIAL = {
@@ -31,48 +31,37 @@ _LATEX_SPECIAL = {
 # ----------------------------------------------------------------------------- loading
 
 def load_results(run_dir: Path) -> list[dict]:
-    """All run result dicts under ``run_dir`` (recursive, sorted by path).
+    """All run result dicts under ``run_dir`` (recursive, sorted by path): :func:`result_files` without paths."""
+    return [result for _, result in result_files(run_dir)]
 
-    JSON files without a ``"test"`` key (configs, histories, ...) are skipped.
+
+def result_files(run_dir: Path, arrays: bool = True) -> list[tuple[Path, dict]]:
+    """(path, result) of every run result under ``run_dir`` (recursive, sorted by path), each checked.
+
+    A file named like a result (``seed<k>.json``) must be one: empty, incomplete or mistyped, it is
+    one line naming it (``ltbench.report.results``), never silently dropped; so must its NPZ beside it
+    (``arrays``). Other JSON files without a ``"test"`` key (configs, failure records) are skipped.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LtbenchError(f"{run_dir}: not a directory")
-    results, seen = [], {}
+    found, seen = [], {}
     for path in sorted(run_dir.rglob("*.json")):
-        data = _read_json(path)
-        if not isinstance(data, dict) or "test" not in data:
+        data = read_json(path)
+        if not RESULT_NAME.fullmatch(path.name) and not (isinstance(data, dict) and "test" in data):
             continue
-        _check_result(path, data)
+        check_result(path, data)
+        if arrays:
+            load_arrays(arrays_path(path, data), data)
         key = (data["method"], data["seed"])
         if key in seen:
             raise LtbenchError(f"{path}: duplicate run method={key[0]} seed={key[1]} "
                                f"(also in {seen[key]})")
         seen[key] = path
-        results.append(data)
-    if not results:
+        found.append((path, data))
+    if not found:
         raise LtbenchError(f"no result files in {run_dir}")
-    return results
-
-
-def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise LtbenchError(f"{path}: unreadable JSON ({reason})") from None
-
-
-def _check_result(path: Path, data: dict) -> None:
-    """The keys the report relies on, checked up front so errors name the file."""
-    for key in ("method", "seed"):
-        if key not in data:
-            raise LtbenchError(f"{path}: result file has no {key!r} key")
-    test = data["test"]
-    missing = [k for k in (*HEADLINE, "confusion_matrix_normalized", "per_class")
-               if not isinstance(test, dict) or k not in test]
-    if missing:
-        raise LtbenchError(f"{path}: 'test' metrics lack {', '.join(missing)}")
+    return found
 
 
 # ----------------------------------------------------------------------------- summary
@@ -347,7 +336,8 @@ def stale_lines(stale: Sequence[dict]) -> list[str]:
         return []
     return ["Stale results (made with another configuration; kept, left out of the table; "
             "`--force` retrains them):", "",
-            *(f"- {s['method']} seed {s['seed']}: `{s['path']}` (run key {s['stored_key']}, now {s['current_key']})"
+            *(f"- {s['method']} seed {s['seed']}: `{s['path']}` ({s['why']})" if s.get("why") else
+              f"- {s['method']} seed {s['seed']}: `{s['path']}` (run key {s['stored_key']}, now {s['current_key']})"
               for s in stale), ""]
 
 

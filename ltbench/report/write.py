@@ -28,7 +28,7 @@ from ltbench.report.summary import (_columns, _context, _header_line, confusion_
 from ltbench.report.tasks import retrieval_rows, task_lines, task_marks
 from ltbench.report.threads import thread_lines
 from ltbench.report.tuning import read_tuning, tuning_evidence, tuning_summary
-from ltbench.store.files import atomic_write
+from ltbench.store.files import atomic_write, remove_stale_temps
 
 
 def _safe_filename(name: str) -> str:
@@ -63,6 +63,7 @@ def write_report(results: list[dict], out_dir: Path, order: Sequence[str] | None
     ctx = _context(results)
     ctx["groups"] = grouping
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)  # a report killed while writing left .summary.md.<pid>@<host>.*.tmp (issue 21)
     written: dict[str, Path] = {}
 
     def put(name: str, data: str | bytes) -> None:

@@ -26,13 +26,14 @@ import os
 import random
 import signal
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+
+from ltbench.store.files import make_temp
 
 CHECKPOINT_VERSION = 1
 
@@ -153,7 +154,7 @@ class CheckpointStore:
         """Write ``state`` atomically as the latest checkpoint; the former latest becomes the previous."""
         payload = {"version": CHECKPOINT_VERSION, "run_key": self.run_key, **state}
         self.latest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.latest.parent, prefix=f".{self.latest.name}.", suffix=".tmp")
+        fd, tmp = make_temp(self.latest)  # names its writer; the umask's mode, as results (not mkstemp's 0600)
         try:
             with os.fdopen(fd, "wb") as fh:
                 sink = _Sink(fh)
@@ -201,8 +202,9 @@ class CheckpointStore:
             return state
         return None
 
-    def remove(self) -> None:
-        for path in self.paths():
+    def remove(self, keep_latest: bool = False) -> None:
+        """Remove the checkpoints (``keep_latest``: all but the latest: a finished run needs no fallback)."""
+        for path in self.paths()[1 if keep_latest else 0:]:
             path.unlink(missing_ok=True)
         for stray in self.latest.parent.glob(f".{self.latest.name}.*.tmp"):
             stray.unlink(missing_ok=True)

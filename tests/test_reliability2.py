@@ -1,0 +1,246 @@
+"""Reliability II (issue 21): damaged result files, mixed settings in a report, leftovers of kills.
+
+Real benches on the synthetic dataset, real damaged files, real SIGKILLs. Each damaged file is one
+line naming it and the problem (exit 2), in ``report`` and ``bench`` alike; nothing is silently
+dropped or averaged.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_cli import assert_one_line_error, run_inline
+
+BENCH = """\
+name: rel2
+dataset: {name: synthetic}
+split: {kind: grouped, seed: 0}
+train: {backbone: small-cnn, image_size: 16, epochs: 1, batch_size: 32, lr: 0.05, device: cpu}
+seeds: [0, 1]
+methods: [ce]
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One real bench (ce, seeds 0 and 1), trained once for the module; tests work on copies."""
+    from ltbench.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    (root / "b.yaml").write_text(BENCH)
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, redirect_stdout(out), redirect_stderr(err):
+        mp.chdir(root)
+        mp.setenv("LTBENCH_CACHE", str(root / ".cache"))
+        code = main(["bench", "--benchmark", str(root / "b.yaml"), "--out", str(root / "out"), "--quiet"])
+    assert code == 0, err.getvalue()
+    return root
+
+
+@pytest.fixture
+def work(trained: Path, tmp_path: Path) -> Path:
+    shutil.copytree(trained / "out", tmp_path / "out")
+    shutil.copy(trained / "b.yaml", tmp_path / "b.yaml")
+    return tmp_path
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path):
+    return lambda *args: run_inline(*args, capsys=capsys, monkeypatch=monkeypatch, cwd=tmp_path)
+
+
+# ------------------------------------------------------------------------------- damaged result files
+
+def _edit_json(change):
+    def mutate(run: Path) -> Path:
+        path = run / "seed0.json"
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data))
+        return path
+    return mutate
+
+
+def _replace_json(text: str):
+    def mutate(run: Path) -> Path:
+        (run / "seed0.json").write_text(text)
+        return run / "seed0.json"
+    return mutate
+
+
+def _truncate_npz(run: Path) -> Path:
+    data = (run / "seed0.npz").read_bytes()
+    (run / "seed0.npz").write_bytes(data[: len(data) // 2])
+    return run / "seed0.npz"
+
+
+def _drop_npz_rows(run: Path) -> Path:
+    with np.load(run / "seed0.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["test_labels"], arrays["test_probs"] = arrays["test_labels"][:-3], arrays["test_probs"][:-3]
+    np.savez_compressed(run / "seed0.npz", **arrays)
+    return run / "seed0.npz"
+
+
+DAMAGE = {
+    "empty object": (_replace_json("{}"), "not a result file (an empty JSON object)"),
+    "a list": (_replace_json("[1, 2]"), "not a result file (a JSON list, expected an object)"),
+    "non-numeric metric": (_edit_json(lambda d: d["test"].__setitem__("acc", "high")), "'test.acc' is 'high', expected a number"),
+    "short confusion matrix": (_edit_json(lambda d: d["test"]["confusion_matrix_normalized"].pop()),
+                               "'test.confusion_matrix_normalized' is not a 4x4 matrix of numbers (found 3 rows)"),
+    "integer method": (_edit_json(lambda d: d.__setitem__("method", 5)), "'method' is 5, expected a row name (text)"),
+    "no test": (_edit_json(lambda d: d.pop("test")), "not a complete result file (no 'test' key)"),
+    "truncated npz": (_truncate_npz, "damaged arrays file (BadZipFile: File is not a zip file)"),
+    "npz rows": (_drop_npz_rows, "'test_labels' has shape (31,), expected (34,) (the result's test images)"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_a_damaged_result_file_is_one_line_in_report_and_bench(work: Path, cli, case: str) -> None:
+    mutate, fragment = DAMAGE[case]
+    damaged = mutate(work / "out" / "runs" / "ce")
+    before = damaged.read_bytes()
+    for args in (("report", str(work / "out")),
+                 ("bench", "--benchmark", str(work / "b.yaml"), "--out", str(work / "out"), "--quiet")):
+        assert_one_line_error(cli(*args), f"{damaged}: {fragment}; remove it, or rerun the bench with --force")
+    assert damaged.read_bytes() == before  # kept for the user to look at
+
+
+def test_force_retrains_a_result_with_damaged_arrays(work: Path, cli) -> None:
+    damaged = _truncate_npz(work / "out" / "runs" / "ce")
+    proc = cli("bench", "--benchmark", str(work / "b.yaml"), "--out", str(work / "out"), "--quiet", "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 run(s) trained, 1 skipped" in proc.stdout
+    with np.load(damaged) as npz:
+        assert len(npz["test_labels"]) == 34
+    assert cli("report", str(work / "out")).returncode == 0
+
+
+# ------------------------------------------------------------------------------- mixed settings
+
+def test_report_leaves_out_runs_of_other_settings_after_a_forced_retrain(work: Path, cli) -> None:
+    """lr changed in the file, seed 0 retrained with --force: seed 1 (lr 0.05) is not averaged with it."""
+    (work / "b.yaml").write_text(BENCH.replace("lr: 0.05", "lr: 0.1"))
+    forced = cli("bench", "--benchmark", str(work / "b.yaml"), "--out", str(work / "out"), "--quiet",
+                 "--force", "--seeds", "0")
+    assert forced.returncode == 0 and "1 run(s) trained" in forced.stdout
+    stale = work / "out" / "runs" / "ce" / "seed1.json"
+    proc = cli("report", str(work / "out"))
+    assert_one_line_error(proc, "1 run(s) left out of the report, made with other settings than their row's newest run")
+    warning = [line for line in proc.stderr.splitlines() if line.startswith("ltbench: warning:")]
+    assert warning == [f"ltbench: warning: {stale}: ce seed 1 was made with other settings (lr 0.05 vs 0.1 in the "
+                       "row's newest run, seed 0 (seed0.json)); left out of the table"]
+    summary = (work / "out" / "summary.md").read_text()
+    assert "seeds: 0 ·" in summary or summary.splitlines()[0].endswith("seeds: 0")
+    assert "lr: 0.1" in summary and "Stale results" in summary and f"- ce seed 1: `{stale}` (lr 0.05 vs 0.1" in summary
+    # the untouched bench folder reports cleanly (no false alarm from seeds of one configuration)
+    forced_back = cli("bench", "--benchmark", str(work / "b.yaml"), "--out", str(work / "out"), "--quiet", "--force")
+    assert forced_back.returncode == 0
+    assert cli("report", str(work / "out")).returncode == 0
+
+
+# ------------------------------------------------------------------------------- cache manifests
+
+def _isic_root(tmp_path: Path) -> Path:
+    from tests.test_cli import make_isic2018_layout
+
+    root = tmp_path / "isic"
+    make_isic2018_layout(root, per_class=5)
+    return root
+
+
+@pytest.mark.parametrize("damage,fragment", [
+    (lambda m: [m], "a JSON list, not an object"),
+    (lambda m: {**m, "original_sizes": "x" * m["count"]}, "'original_sizes' is not a list of 35 (height, width) pairs"),
+])
+def test_a_damaged_cache_manifest_is_one_note_and_a_rebuild(tmp_path: Path, cli, damage, fragment) -> None:
+    root = _isic_root(tmp_path)
+    args = ("data", "prepare", "--dataset", "isic2018", "--data-root", str(root), "--image-size", "16")
+    assert cli(*args).returncode == 0
+    manifest = next((tmp_path / ".cache").glob("pixels_*.json"))
+    manifest.write_text(json.dumps(damage(json.loads(manifest.read_text()))))
+    proc = cli(*args)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    assert f"ltbench: note: pixel cache manifest {manifest} is damaged ({fragment}): rebuilding the cache" in proc.stderr
+    assert isinstance(json.loads(manifest.read_text())["original_sizes"], list)  # rebuilt
+    again = cli(*args)
+    assert again.returncode == 0 and "damaged" not in again.stderr
+
+
+# ------------------------------------------------------------------------------- leftovers of kills
+
+def _killed_writer(target: Path) -> Path:
+    """A real writer of ``target`` (ltbench's own temp file), SIGKILLed mid-write: its leftover temp file."""
+    code = ("import os, signal, sys\nfrom pathlib import Path\nfrom ltbench.store.files import make_temp\n"
+            "fd, tmp = make_temp(Path(sys.argv[1]))\nos.write(fd, b'half a file')\nprint(tmp, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = Path(proc.stdout.strip())
+    assert left.is_file() and left.name.startswith(f".{target.name}.")
+    return left
+
+
+def test_a_killed_report_writer_leaves_nothing_after_the_next_report(work: Path, cli) -> None:
+    out = work / "out"
+    leftovers = [_killed_writer(out / "summary.md"), _killed_writer(out / "metrics.png")]
+    # a live writer's temp file (another report on the same folder right now) is never touched
+    live = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                             "from ltbench.store.files import make_temp\nfd, tmp = make_temp(Path(sys.argv[1]))\n"
+                             "print(tmp, flush=True)\ntime.sleep(120)\n", str(out / "README.md")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        busy = Path(live.stdout.readline().strip())
+        assert cli("report", str(out)).returncode == 0
+        assert not any(p.exists() for p in leftovers)
+        assert busy.is_file()
+    finally:
+        live.kill()
+        live.wait()
+    assert cli("report", str(out)).returncode == 0
+    assert not busy.exists()  # its writer is gone now
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_a_killed_cache_build_leaves_nothing_after_the_next_start(tmp_path: Path, cli) -> None:
+    root = _isic_root(tmp_path)
+    args = ("data", "prepare", "--dataset", "isic2018", "--data-root", str(root), "--image-size", "16")
+    assert cli(*args).returncode == 0
+    npy = next((tmp_path / ".cache").glob("pixels_*.npy"))
+    left = _killed_writer(npy)
+    assert cli(*args).returncode == 0  # the cache is valid: reused, and the dead build's temp removed
+    assert not left.exists()
+    assert [p.name for p in (tmp_path / ".cache").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_run_killed_while_checkpointing_leaves_no_temp_and_no_prev(tmp_path: Path) -> None:
+    """SIGKILL between a checkpoint's temp file and its rename, then a rerun with --keep-checkpoints:
+    no temp file, no ``.ckpt.prev``, and the checkpoint, results and report are all 0644 under umask 022."""
+    (tmp_path / "b.yaml").write_text(BENCH.replace("epochs: 1", "epochs: 2").replace("seeds: [0, 1]", "seeds: [0]"))
+    env = {**os.environ, "LTBENCH_CACHE": str(tmp_path / ".cache")}
+    cmd = [sys.executable, "-c", "import os, sys; os.umask(0o022); from ltbench.cli import main; sys.exit(main())",
+           "bench", "--benchmark", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "out"), "--quiet"]
+    killed = subprocess.run(cmd, env={**env, "LTBENCH_TEST_KILL_AT": "checkpoint:2"}, capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run = tmp_path / "out" / "runs" / "ce"
+    temps = [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert [p.name.startswith(".seed0.ckpt.") for p in temps] == [True]
+    assert stat.S_IMODE(temps[0].stat().st_mode) == 0o644  # not mkstemp's 0600
+    done = subprocess.run([*cmd, "--keep-checkpoints"], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["seed0.ckpt", "seed0.json", "seed0.npz"]
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [*run.iterdir(), tmp_path / "out" / "summary.md"]}
+    assert set(modes.values()) == {0o644}, modes

@@ -47,6 +47,9 @@ KEY_NEUTRAL: dict[str, object] = {
     "warmup_epochs": 0, "warmup_start_factor": 0.01, "group_sizes": (), "eval_view": "eval",
     # issue 24: SAM / ImbSAM settings, inert unless optimizer is sam or imbsam
     "sam_rho": 0.05, "sam_adaptive": False, "imbsam_threshold": 20,
+    # issue 23: fine-tuning modes and the input normalisation (a hub backbone's own; ImageNet's for the others)
+    "finetune": "full", "finetune_blocks": 1, "finetune_rank": 8, "finetune_dim": 64, "finetune_prompts": 10,
+    "layer_decay": 1.0, "grad_checkpointing": False, "normalise": "model",
     # rotation_hashing's training view (issue 16: the code's plain_half pipeline)
     "view": "standard",
     # method keywords, issue 15: the loss tricks of FlexSampling's repository (LossMethod, ce, focal, ...)
@@ -467,6 +470,7 @@ def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, 
         "versions": versions(),
         "wall_time_s": round(output.wall_time_s, 3),
         "best_epoch": output.best_epoch,
+        "params": output.params,  # trainable and total parameters under the fine-tuning mode (issue 23)
         "history": output.history,
         "val": output.val,
         "test": output.test,

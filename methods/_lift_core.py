@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ltbench.errors import LtbenchError
+
 TTE_MODES = ("none", "fivecrop", "tencrop")
 TTE_EXPAND = 24  # utils/config.py: expand (pixels added to the 224 px resolution before the crops)
 TTE_RESOLUTION = 224  # the resolution the official expand is given for
@@ -147,3 +149,53 @@ def tte_crops(images: Tensor, mode: str) -> Tensor:
 def tte_mean(logits: Tensor, num_views: int) -> Tensor:
     """Mean logits over the K views of :func:`tte_crops` (``output.view(B, K, -1).mean(1)`` in the official order)."""
     return logits.reshape(num_views, -1, logits.shape[-1]).mean(dim=0)
+
+
+def tte_predict(model: nn.Module, images: Tensor, mode: str) -> Tensor:
+    """``model``'s logits averaged over the test-time crops (``trainer.py test``), one crop position at a time."""
+    if mode == "none":
+        return model(images)
+    crops = tte_crops(images, mode)
+    logits = torch.cat([model(part).float() for part in crops.split(images.shape[0])])
+    return tte_mean(logits, crops.shape[0] // images.shape[0])
+
+
+# --- class-name prompts (trainer.py get_tokenized_prompts / init_head_text_feat) ---------------------------------
+PROMPTS = ("default", "classname", "ensemble")  # the official `prompt` choices but "descriptor" (ImageNet's own)
+
+
+def prompt_texts(class_names: Sequence[str], prompt: str) -> list[list[str]]:
+    """One list of C texts per template: ``default`` "a photo of a {}.", ``classname`` "{}", ``ensemble`` CLIP's
+    80 ImageNet templates (``utils/templates.py ZEROSHOT_TEMPLATES['imagenet']`` = open_clip's
+    ``OPENAI_IMAGENET_TEMPLATES``); underscores in class names become spaces, as official."""
+    names = [str(c).replace("_", " ") for c in class_names]
+    if prompt == "default":
+        return [[f"a photo of a {c}." for c in names]]
+    if prompt == "classname":
+        return [names]
+    if prompt == "ensemble":
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES  # only with an open_clip backbone
+
+        return [[template(c) for c in names] for template in OPENAI_IMAGENET_TEMPLATES]
+    raise ValueError(f"prompt must be one of {', '.join(PROMPTS)}, got {prompt!r}")
+
+
+def class_text_features(encode_text, class_names: Sequence[str], prompt: str) -> Tensor:
+    """C×D unit text features: per template ``normalize(encode_text(texts))``, averaged over the templates and
+    normalised again (CLIP's prompt ensembling; one template: the template's features)."""
+    groups = prompt_texts(class_names, prompt)
+    texts = [text for group in groups for text in group]
+    encoded = torch.cat([encode_text(texts[i:i + 1000]).float() for i in range(0, len(texts), 1000)])
+    per_template = F.normalize(encoded, dim=-1).reshape(len(groups), len(class_names), -1)
+    return F.normalize(per_template.mean(dim=0), dim=-1)
+
+
+def require_clip(backbone: nn.Module, method: str, vit: bool = False) -> nn.Module:
+    """The open_clip image tower of ``backbone`` (``ltbench.models.clip.ClipBackbone``), or one LtbenchError line."""
+    visual = getattr(getattr(backbone, "clip_model", None), "visual", None)
+    arch = getattr(backbone, "arch", type(backbone).__name__)
+    if visual is None:
+        raise LtbenchError(f"{method} needs an open_clip backbone (--backbone open_clip:<arch>), got {arch}")
+    if vit and not hasattr(getattr(visual, "transformer", None), "resblocks"):
+        raise LtbenchError(f"{method} needs an open_clip ViT (its adapters go into transformer blocks), got {arch}")
+    return visual

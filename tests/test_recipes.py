@@ -25,8 +25,9 @@ from ltbench.trainer import TrainConfig
 # A small base the recipe's settings go over (as a benchmark row's settings go over the file's).
 BASE = {"backbone": "small-cnn", "image_size": 32, "epochs": 2, "device": "cpu"}
 RECIPES = [(name, label, recipe) for name in list_methods() for label, recipe in get_method_class(name).recipes.items()]
-# Built-in methods without a recipe: Hybrid-SC has no official code, and its paper's settings could not be read.
-WITHOUT_RECIPE = {"hybrid_sc"}
+# Built-in methods without a recipe: Hybrid-SC has no official code, and its paper's settings could not be read;
+# zero-shot CLIP trains nothing, so no training setting of a recipe applies.
+WITHOUT_RECIPE = {"hybrid_sc", "zeroshot_clip"}
 # Keywords of the SGD linear evaluation (methods/scl.py): inert unless probe="sgd".
 SGD_PROBE_KEYS = ("probe_epochs", "classifier_lr", "classifier_weight_decay", "probe_milestones")
 
@@ -149,6 +150,18 @@ def logit_adjust_lr(lr_epoch: float, lr: float = 0.1) -> float:
     return value
 
 
+def torch_cosine_lrs(lr: float, epochs: int) -> list[float]:
+    """shijxcs/LIFT trainer.py: ``CosineAnnealingLR(optim, num_epochs)`` stepped after each epoch."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    out = []
+    for _ in range(epochs):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
 def recipe_lrs(name: str) -> list[float]:
     """The per-epoch lr of a one-stage run under the method's paper recipe, as the trainer computes it."""
     c = TrainConfig(**{**BASE, **get_method_class(name).recipes["paper"].train})
@@ -165,6 +178,7 @@ def recipe_lrs(name: str) -> list[float]:
     ("rotation_hashing", rotation_hashing_lrs()),
     # per-step warm-up: each warm-up epoch at the ramp's value at its end; the steps from their first epoch
     ("logit_adjust", [logit_adjust_lr(e + 1 if e < 20 else e) for e in range(1241)]),
+    ("lift", torch_cosine_lrs(0.01, 10)),
 ])
 def test_recipe_schedule_gives_the_official_per_epoch_lr(name, official):
     # Two computations of the same rates in different operation orders (e.g. 0.1·0.1 vs 0.1²): a relative

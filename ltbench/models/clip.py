@@ -9,8 +9,9 @@ the Hugging Face Hub), or a local file / URL holding the CLIP model's state dict
 The text tower is reachable, never trained by the trainer: ``backbone.clip_model`` is the whole
 ``open_clip.CLIP`` (its ``.visual`` is ``backbone.body``) kept *outside* the module tree (not in
 ``parameters()``, ``state_dict()`` or ``.to()``), ``backbone.tokenizer`` open_clip's tokenizer,
-``backbone.encode_text(texts)`` the normalised text embeddings, ``backbone.logit_scale`` CLIP's
-learned temperature (a float). Functions the rest of ltbench relies on: ``build_clip_backbone``,
+``backbone.encode_text(texts)`` the normalised text embeddings (float32), ``backbone.logit_scale``
+CLIP's learned temperature (a float), ``backbone.unprojected(x)`` the image features before the
+projection. Functions the rest of ltbench relies on: ``build_clip_backbone``,
 ``ClipBackbone.blocks`` / ``layer_ids`` / ``split_last_stage`` / ``set_grad_checkpointing`` /
 ``num_prefix_tokens`` / ``lora_targets`` (docs: /tmp/iss/23-interface.md, docs/finetuning.md).
 """
@@ -43,10 +44,22 @@ class ClipBackbone(Backbone):
 
     @torch.no_grad()
     def encode_text(self, texts: list[str], device: torch.device | str = "cpu") -> Tensor:
-        """L2-normalised text embeddings N×``out_dim`` (the text tower moved to ``device`` for the call)."""
+        """L2-normalised text embeddings N×``out_dim`` (the text tower moved to ``device`` for the call).
+
+        In float32 even inside an autocast region (a run under bf16 autocast builds its model there): class
+        text features initialise heads once, as the official code computes them outside its amp context.
+        """
         model = self.clip_model.to(device)
         tokens = self.tokenizer(texts).to(device)
-        return nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
+        with torch.autocast(device_type=torch.device(device).type, enabled=False):
+            return nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
+
+    def unprojected(self, images: Tensor) -> Tensor:
+        """The pooled image features before ``proj`` (N×width; the class token after ``ln_post`` for a ViT):
+        ``backbone(x) == unprojected(x) @ body.proj`` (LIFT's classifier reads these, ``peft_vit.py``)."""
+        visual = self.body
+        pooled, _ = visual._pool(visual.transformer(visual._embeds(images)))
+        return pooled
 
     @property
     def blocks(self) -> list[nn.Module]:

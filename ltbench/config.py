@@ -218,11 +218,15 @@ def slurm_settings() -> dict[str, Setting]:
             "partition": Setting("partition", text, None, not_empty),
             "account": Setting("account", text, None, not_empty),
             "qos": Setting("qos", text, None, not_empty),
-            "time_min": Setting("time_min", int | None, None, at_least(1)),  # per task
+            # per task; submitit asks for SIGUSR2 90 s before the limit, so 1-2 minutes leave no time to run
+            "time_min": Setting("time_min", int | None, None,
+                                lambda v: None if v >= 3 else "must be at least 3 (submitit's checkpoint signal "
+                                "comes 90 s before the time limit)"),
             "gpus_per_job": Setting("gpus_per_job", int | None, None, non_negative),
             "cpus_per_job": Setting("cpus_per_job", int | None, None, at_least(1)),
             "mem_gb": Setting("mem_gb", float | None, None, positive),
             "array_parallelism": Setting("array_parallelism", int | None, None, at_least(1)),
+            "poll_s": Setting("poll_s", float | None, None, positive),  # seconds between queue checks (20)
             "setup": Setting("setup", list[str] | None, None)}  # shell lines run before each task
 
 

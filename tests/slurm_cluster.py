@@ -225,7 +225,8 @@ class Cluster:
         lines = [
             f"ClusterName={CLUSTER_NAME}", f"SlurmctldHost={host}(127.0.0.1)", "SlurmUser=root", "SlurmdUser=root",
             f"SlurmctldPort={self.ctld_port}", f"SlurmdPort={self.slurmd_port}",
-            "AuthType=auth/munge", f"AuthInfo=socket={self.socket}", "CredType=cred/munge",
+            # cred_expire: a requeued job waits this long before it may start again (default 120 s)
+            "AuthType=auth/munge", f"AuthInfo=socket={self.socket},cred_expire=10", "CredType=cred/munge",
             f"StateSaveLocation={self.root / 'state'}", f"SlurmdSpoolDir={self.root / 'spool'}",
             f"SlurmctldPidFile={self.root / 'state' / 'slurmctld.pid'}",
             f"SlurmdPidFile={self.root / 'spool' / 'slurmd.pid'}",
@@ -234,7 +235,8 @@ class Cluster:
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/affinity", "ReturnToService=2",
             "MpiDefault=none", "SchedulerType=sched/backfill", "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core_Memory", f"DefMemPerCPU={self.def_mem}",
-            "SchedulerParameters=sched_interval=2", "MessageTimeout=20", "KillWait=5", "MinJobAge=300",
+            # KillWait: seconds from scancel's SIGTERM (which submitit ignores) to SIGKILL; 30 on real sites
+            "SchedulerParameters=sched_interval=2", "MessageTimeout=20", "KillWait=2", "MinJobAge=300",
             "JobCompType=jobcomp/none", "JobAcctGatherType=jobacct_gather/none",
         ]
         if self.accounting:
@@ -296,6 +298,53 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+# ------------------------------------------------------------------------------ the pytest fixture
+
+
+def _fail_or_skip(reason: str):
+    import pytest
+
+    if os.environ.get("CI", "").lower() == "true":  # CI must run it: .ci/run installs the packages
+        pytest.fail(f"CI=true but the SLURM cluster cannot run: {reason}")
+    pytest.skip(reason)
+
+
+def _clusters():
+    """Session fixture body: ``slurm_clusters(accounting=True)`` -> a started :class:`Cluster`.
+    At most one runs at a time (asking for the other kind stops the current one); all stop at the end."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        _fail_or_skip("submitit is not installed (pip install 'ltbench[slurm]')")
+    reason = cannot_run()
+    if reason:
+        _fail_or_skip(reason)
+    if missing_packages():
+        if os.environ.get("CI", "").lower() != "true":  # never apt-get on a developer's machine unasked
+            _fail_or_skip(f"missing {', '.join(missing_packages())}: `sudo python tests/slurm_cluster.py install` "
+                          "installs them (CI does it in .ci/run)")
+        install()
+    current: dict[bool, Cluster] = {}
+
+    def get(accounting: bool = True) -> Cluster:
+        if accounting not in current:
+            for other in list(current.values()):
+                other.stop(keep=bool(os.environ.get("LTBENCH_SLURM_KEEP")))
+            current.clear()
+            cluster = Cluster(accounting=accounting)
+            try:
+                cluster.start()
+            except Exception as exc:
+                _fail_or_skip(f"the SLURM cluster did not start: {exc} (logs: {cluster.root / 'log'})")
+            print(f"slurm_cluster: started in {cluster.start_seconds:.1f} s (accounting {accounting}) in {cluster.root}")
+            current[accounting] = cluster
+        return current[accounting]
+
+    yield get
+    for cluster in current.values():
+        cluster.stop(keep=bool(os.environ.get("LTBENCH_SLURM_KEEP")))
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["install"]:
         reason = cannot_run()
@@ -306,6 +355,11 @@ def main(argv: list[str]) -> int:
         print(f"slurm_cluster: packages present ({seconds:.1f} s to install)")
         return 0
     if argv[:1] == ["start"]:
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        for signum in (signal.SIGINT, signal.SIGTERM):  # also when started in the background (SIGINT ignored)
+            signal.signal(signum, interrupt)
         cluster = Cluster(accounting="--no-accounting" not in argv)
         cluster.start()
         print(f"slurm_cluster: started in {cluster.start_seconds:.1f} s in {cluster.root}; "

@@ -122,7 +122,11 @@ BAD_OPTIONS = [
     (("--launcher", "cloud"), "--launcher cloud: choose one of local, slurm"),
     (("--slurm", "partition=gpu"), "--slurm: only with --launcher slurm"),
     (("--launcher", "slurm", "--jobs", "2"), "--jobs: an option of --launcher local"),
-    (("--launcher", "slurm", "--slurm", "time_min=0"), "--slurm time_min=0: must be at least 1"),
+    (("--launcher", "slurm", "--slurm", "time_min=0"), "--slurm time_min=0: must be at least 3"),
+    # SIGUSR2 comes 90 s before the limit: 1-2 minutes would checkpoint at once (issue 21)
+    (("--launcher", "slurm", "--slurm", "time_min=2"),
+     "--slurm time_min=2: must be at least 3 (submitit's checkpoint signal comes 90 s before the time limit)"),
+    (("--launcher", "slurm", "--slurm", "poll_s=0"), "--slurm poll_s=0: must be greater than 0"),
     (("--launcher", "slurm", "--slurm", "mem_gb=lots"), "--slurm mem_gb=lots: expected a number or null"),
     (("--launcher", "slurm", "--slurm", "nodes=2"), "--slurm nodes=2: not a slurm setting"),
     (("--launcher", "slurm", "--slurm", "cluster=aws"), "--slurm cluster=aws: choose one of slurm, local"),
@@ -163,6 +167,46 @@ def test_slurm_without_sbatch_is_one_line(tmp_path, cli, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no sbatch anywhere
     proc = cli("bench", "--benchmark", str(bench_file(tmp_path)), "--out", str(tmp_path / "out"), "--launcher", "slurm")
     assert_one_line_error(proc, "--launcher slurm: no sbatch command on this machine", "--slurm cluster=local")
+
+
+def test_a_slurm_task_takes_its_threads_from_the_launcher_then_its_allocation(monkeypatch):
+    """Issue 21: on a node that does not bind tasks to their CPUs, affinity is the whole node;
+    SLURM_CPUS_PER_TASK is the task's allocation."""
+    from ltbench.launchers.grid import cpu_count
+    from ltbench.launchers.slurm import task_threads
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert task_threads(2) == 2  # cpus_per_job (or the local executor's share) first
+    assert task_threads(None) == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "")
+    assert task_threads(None) == cpu_count()
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert task_threads(None) == cpu_count()
+
+
+def test_a_failed_job_keeps_submitits_whole_reason_on_one_line():
+    """Issue 21: the reason was submitit's first line only ("Job 5_1 (task: 0) with path ..."), without
+    "has not produced any output (state: CANCELLED by 0)"; the error stream stays in the log."""
+    utils = pytest.importorskip("submitit.core.utils")
+    from ltbench.launchers.slurm import failure_reason
+
+    uncompleted = utils.UncompletedJobError("\n".join([
+        "Job 5_1 (task: 0) with path /o/slurm/5_1_0_result.pkl", "has not produced any output (state: CANCELLED by 0)",
+        "Error stream produced:", "-" * 40, "slurmstepd: error: *** JOB 6 CANCELLED AT 2026-12-08T01:47:58 ***"]))
+    assert failure_reason(uncompleted) == ("Job 5_1 (task: 0) with path /o/slurm/5_1_0_result.pkl has not produced "
+                                           "any output (state: CANCELLED by 0)")
+    no_stream = utils.UncompletedJobError("Job 7 (task: 0) with path /o/7_0_result.pkl\nhas not produced any output "
+                                          "(state: FINISHED)\nNo output/error stream produced ! Check: /o/7_0_log.out")
+    assert failure_reason(no_stream) == "Job 7 (task: 0) with path /o/7_0_result.pkl has not produced any output " \
+                                        "(state: FINISHED)"
+    failed = utils.FailedJobError(  # an exception raised in the task outside run_one, as submitit words it
+        "Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent call "
+        "last):\n  File \"x.py\", line 1, in f\nltbench.errors.LtbenchError: the data changed\n"
+        "----------------------\nYou can check full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n"
+        "  - /o/5_0_0_log.err\n  - /o/5_0_0_log.out")
+    assert failure_reason(failed) == ("Job (task=0) failed during processing: ltbench.errors.LtbenchError: "
+                                      "the data changed")
+    assert failure_reason(RuntimeError("")) == "RuntimeError"
 
 
 # ------------------------------------------------------------------------------- local workers

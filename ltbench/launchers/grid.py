@@ -322,6 +322,12 @@ class Tally:
         self.running.add(task)
         self._say(f"{task}: started ({where})")
 
+    def requeued(self, task: Task, where: str) -> None:
+        """A running task sent back to the queue (pre-emption, a time limit, ``scontrol requeue``):
+        no longer counted as running; it resumes from its last checkpoint when it starts again."""
+        self.running.discard(task)
+        self._say(f"{task}: requeued ({where}); it resumes from its last checkpoint")
+
     def result(self, task: Task, result: dict, trained: bool, where: str = "") -> None:
         self.running.discard(task)
         self.done += 1

@@ -27,7 +27,7 @@ tasks at once). Job logs: ``<out>/slurm/<job id>_<task>_0_log.out`` and ``.err``
 the local executor ``<pid>_0_log.out``).
 
 Waiting (issue 21, found on a real cluster): the submitter asks ``squeue`` for the array's states
-at each poll (``poll_s``, default 20 s) and ``sacct`` only for jobs that have left the queue, so a
+at each poll (``poll_s``, default 20 s) and ``sacct`` only for jobs that have ended, so a
 site without accounting (``sacct`` fails) still sees a task that ends without a result: it is
 reported as lost with the job's final state, never waited for forever. The job id of every task
 is kept in ``<out>/slurm/jobs.json``; a rerun while the array still runs reattaches to its tasks
@@ -158,7 +158,10 @@ class SlurmLauncher:
             first = jobs[0].job_id.split("_")[0]
             if queue is not None:
                 remember(folder, grid, dict(zip(fresh, jobs)))
-            logs = f"{folder}/{first}_<index>_0_log.out|.err" if queue is not None else f"{folder}/<pid>_0_log.out|.err"
+            if len(jobs) == 1:  # submitit submits a single task as a plain job (no array index)
+                logs = f"{jobs[0].paths.stdout}|.err"
+            else:
+                logs = f"{folder}/{first}_<index>_0_log.out|.err" if queue is not None else f"{folder}/<pid>_0_log.out|.err"
             echo(f"submitted {len(jobs)} task(s) to {self.cluster} (job {first}); logs: {logs}")
             waiting.update(zip(fresh, jobs))
         tally.launching(len(todo))

@@ -29,7 +29,7 @@ Here stage 1 takes ``E − k`` epochs and stage 2 ``k = max(1, floor(classifier_
 epochs of the same budget E, ``classifier_fraction = 30/230`` (the code's 30 of 200 + 30 epochs: E = 20
 → 17 + 3), so the row costs what a one-stage row costs; ``classifier_epochs = N`` instead runs stage 1
 over all of E and stage 2 for N epochs beyond it (the code's 200 + 30; the ``paper`` recipe). Stage 2's
-lr is ``classifier_lr`` or, by default, 0.02 × the run's lr (the code's ratio), on its own cosine
+lr is ``classifier_stage_lr`` or, by default, 0.02 × the run's lr (the code's ratio), on its own cosine
 without warm-up whatever the run's schedule.
 Its epochs are the only selectable ones (the code reports its stage-2 model). ``predict`` returns
 ``s · z`` with the scale of the stage that trained the classifier (30, then 20): the argmax is the
@@ -133,14 +133,14 @@ class GCL(LossMethod):
         train={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 64,
                "epochs": 200, "lr_schedule": "step", "lr_milestones": (160, 180), "lr_gamma": 0.1,
                "warmup_epochs": 4, "warmup_start_factor": 0.2},
-        params={"classifier_epochs": 30, "classifier_lr": 0.002},
+        params={"classifier_epochs": 30, "classifier_stage_lr": 0.002},
         note="stage 2: 30 epochs beyond the 200, class-balanced, cosine from 0.002, no warm-up (the classifier "
              "script); CIFAR-10-LT: ResNet-32 at 32 px, random crop + flip; backbone, size and views stay the "
              "benchmark's")}
 
     def __init__(self, m: float = 0.0, s: float = 30.0, noise_mul: float = 0.5, two_stage: bool = True,
                  classifier_fraction: float = 30 / 230, classifier_epochs: int | None = None,
-                 classifier_lr: float | None = None,
+                 classifier_stage_lr: float | None = None,
                  classifier_sampler: str = "class_balanced", classifier_m: float = 0.1, classifier_s: float = 20.0,
                  classifier_noise_mul: float = 0.5, classifier_gamma: float = 1.0, sampler: str = "instance",
                  mixup_alpha: float = 1.0) -> None:
@@ -157,8 +157,8 @@ class GCL(LossMethod):
         if classifier_epochs is not None and (isinstance(classifier_epochs, bool) or not isinstance(classifier_epochs, int)
                                               or classifier_epochs < 1):
             raise ValueError(f"gcl: classifier_epochs must be a positive integer or None, got {classifier_epochs!r}")
-        if classifier_lr is not None and not (isinstance(classifier_lr, (int, float)) and classifier_lr > 0):
-            raise ValueError(f"gcl: classifier_lr must be a positive number or None, got {classifier_lr!r}")
+        if classifier_stage_lr is not None and not (isinstance(classifier_stage_lr, (int, float)) and classifier_stage_lr > 0):
+            raise ValueError(f"gcl: classifier_stage_lr must be a positive number or None, got {classifier_stage_lr!r}")
         if classifier_sampler not in ("instance", "reversed") + BALANCED_SAMPLERS:
             raise ValueError(f"gcl: unknown classifier_sampler {classifier_sampler!r}")
         self.m = m
@@ -167,7 +167,7 @@ class GCL(LossMethod):
         self.two_stage = two_stage
         self.classifier_fraction = classifier_fraction
         self.classifier_epochs = classifier_epochs
-        self.classifier_lr = classifier_lr
+        self.classifier_stage_lr = classifier_stage_lr
         self.classifier_sampler = classifier_sampler
         self.classifier_m = classifier_m
         self.classifier_s = classifier_s
@@ -196,7 +196,7 @@ class GCL(LossMethod):
         else:
             extra = self.classifier_epochs is not None  # the code's 200 + 30: stage 2 beyond the budget
             k = self.classifier_epochs if extra else self.classifier_length(info.epochs)
-            lr = self.classifier_lr if self.classifier_lr is not None else CLASSIFIER_LR_RATIO * info.lr
+            lr = self.classifier_stage_lr if self.classifier_stage_lr is not None else CLASSIFIER_LR_RATIO * info.lr
             # stage 2: its own cosine from lr, no warm-up, whatever the run's schedule (the code's)
             stages = [Stage(epochs=info.epochs - (0 if extra else k), samplers=(self.sampler,),
                             views=tuple(self.views), name="gcl", selectable=False),

@@ -149,7 +149,7 @@ def test_stages_at_their_boundary_epochs(epochs, first, second):
 
 
 def test_stage_two_beyond_the_budget_and_one_stage():
-    method = create_method("gcl", classifier_epochs=30, classifier_lr=0.002)
+    method = create_method("gcl", classifier_epochs=30, classifier_stage_lr=0.002)
     info = _info(epochs=200)
     method.setup(info)
     one, two = method.stages(info)
@@ -216,7 +216,7 @@ def test_stage_two_trains_only_the_classifier():
 
 
 @pytest.mark.parametrize("params", [{"m": -0.1}, {"s": 0}, {"classifier_fraction": 1.0}, {"classifier_epochs": 0},
-                                    {"classifier_lr": -1.0}, {"classifier_sampler": "balanced"},
+                                    {"classifier_stage_lr": -1.0}, {"classifier_sampler": "balanced"},
                                     {"noise_mul": float("inf")}])
 def test_bad_parameters_are_one_line_errors(params):
     with pytest.raises(LtbenchError) as info:
@@ -226,7 +226,7 @@ def test_bad_parameters_are_one_line_errors(params):
 
 def test_recipe_is_the_cifar_scripts():
     recipe = GCL.recipes["paper"]
-    assert dict(recipe.params) == {"classifier_epochs": 30, "classifier_lr": 0.002}
+    assert dict(recipe.params) == {"classifier_epochs": 30, "classifier_stage_lr": 0.002}
     # cifar_train_backbone.adjust_learning_rate: lr·e/5 (1-indexed e ≤ 5), ×0.1 after 160, ×0.01 after 180
     from tests.test_recipes import recipe_lrs
 

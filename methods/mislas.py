@@ -96,7 +96,12 @@ class ScaledLogits(nn.Module):
     def __init__(self, num_classes: int, gain: float = 1.0) -> None:
         super().__init__()
         self.gain = gain
-        self.learned_norm = nn.Parameter(torch.full((1, num_classes), 1.0 / gain))
+        start = torch.tensor(1.0 / gain, dtype=torch.float32)
+        for _ in range(4):  # the float32 u whose product with the gain is exactly 1 (stage 1 logits untouched)
+            if (start * gain).item() == 1.0:
+                break
+            start = torch.nextafter(start, torch.tensor(2.0 if (start * gain).item() < 1.0 else 0.0))
+        self.learned_norm = nn.Parameter(torch.full((1, num_classes), start.item()))
 
     def scale(self) -> Tensor:
         return self.learned_norm * self.gain

@@ -158,3 +158,11 @@ def test_fits_on_synthetic_data_with_both_stages():
     run = Trainer(cpu_config(epochs=4), progress=False).fit(create_method("mislas"), data.bundle)
     assert [h["stage"] for h in run.history] == ["mixup", "mixup", "las", "las"]
     assert all(math.isfinite(h["train_loss"]) for h in run.history)
+
+
+@pytest.mark.parametrize("lr_factor", [0.05, 0.1, 0.2, 0.5, 0.3, 1.0])
+def test_logit_scale_starts_at_exactly_one(lr_factor):
+    from ltbench.methods.mislas import ScaledLogits
+
+    scale = ScaledLogits(5, 1.0 / math.sqrt(lr_factor)).scale()
+    assert torch.equal(scale, torch.ones(1, 5))  # stage 1 logits are the classifier's, bit for bit

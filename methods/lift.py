@@ -16,8 +16,9 @@ What is computed (the formulas in ``methods/_lift_core.py``, each tested against
   ``W = normalize(normalize(t) @ projᵀ)`` (``init_head_text_feat``; ``prompt`` "a photo of a {}." by default).
 * **Loss.** Logit-adjusted cross-entropy ``CE(z + τ·log(n_c/Σn), y)``, τ = 1, the prior in float32 without an
   epsilon (``LogitAdjustedLoss``).
-* **Trained.** Only the adapters and the classifier (the trainer's stage ``trains``); SGD on both, weight
-  decay on every trained tensor, as ``build_optimizer``.
+* **Trained.** Only the adapters and the classifier: the image tower's own parameters are frozen in
+  ``build_model`` (so the run's trainable-parameter count is LIFT's) and the stage ``trains`` only these; SGD on
+  both, weight decay on every trained tensor, as ``build_optimizer``.
 * **Test-time ensembling** (``tte``, in ``predict``, so validation and test alike): logits averaged over the
   five crops of the image enlarged by 24/224 (``tte_mode fivecrop``, the official default; ``tencrop`` adds
   the mirrored image's five). ``tte: none`` evaluates the plain view.
@@ -141,6 +142,8 @@ class LIFT(Method):
             raise LtbenchError("lift fine-tunes with its own AdaptFormer: leave finetune at full (the run's "
                                "finetune mode has already changed the backbone)")
         dim = self.bottleneck or adaptformer_dim(info.num_classes, len(visual.transformer.resblocks))
+        for param in backbone.parameters():  # the pretrained tower stays as it is (build_optimizer's freeze)
+            param.requires_grad_(False)
         adapters = add_adaptformers(visual, dim)
         head = CosineClassifier(visual.ln_post.normalized_shape[0], info.num_classes, self.scale)
         if self.init_head == "text_feat":

@@ -2,14 +2,16 @@
 the official code's formulas (shijxcs/LIFT @ 661ead9): values and gradients, a batch missing classes."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
+from ltbench import LtbenchError
 from ltbench.methods._lift_core import (AdaptFormer, CosineClassifier, ParallelAdapterMLP, adaptformer_dim,
-                                        cosine_logits, lift_la_loss, lift_log_prior, text_head_weight, tte_crops,
-                                        tte_mean, zeroshot_logits)
+                                        class_text_features, cosine_logits, lift_la_loss, lift_log_prior,
+                                        prompt_texts, text_head_weight, tte_crops, tte_mean, zeroshot_logits)
 
 COUNTS = [500, 120, 31, 7, 2]
 
@@ -186,3 +188,129 @@ def test_tte_crops_are_torchvision_five_and_ten_crops_of_the_grown_image():
     assert torch.equal(tte_crops(images, "none"), images)
     logits = torch.arange(30.0).reshape(10, 3)  # 5 views × 2 images
     torch.testing.assert_close(tte_mean(logits, 5), torch.stack([logits[0::2].mean(0), logits[1::2].mean(0)]))
+
+
+# --- the method on a tiny random-init open_clip ViT (tests/helpers.tiny_clip) ------------------------------
+def _clip_setup(num_classes=4, names=("melanoma", "nevus", "basal_cell", "other")):
+    from ltbench import create_method
+    from ltbench.method import TrainInfo
+    from ltbench.models import build_backbone
+    from tests.helpers import tiny_clip
+
+    torch.manual_seed(0)
+    backbone = build_backbone(tiny_clip(), None, 16)
+    info = TrainInfo(class_counts=(40, 12, 5, 2)[:num_classes], class_names=tuple(names[:num_classes]), epochs=1,
+                     steps_per_epoch=1, device=torch.device("cpu"))
+    return create_method, backbone, info
+
+
+def test_lift_model_is_the_pretrained_tower_plus_zero_adapters_and_a_text_head():
+    create_method, backbone, info = _clip_setup()
+    reference = copy.deepcopy(backbone.body)  # the tower before LIFT touches it
+    prompts = [f"a photo of a {c.replace('_', ' ')}." for c in info.class_names]
+    with torch.no_grad():  # naive head: CLIP's text embedding, normalised, mapped back through proj, normalised
+        text = backbone.clip_model.encode_text(backbone.tokenizer(prompts)).double()
+        text = text / text.norm(dim=1, keepdim=True)
+        mapped = text @ backbone.body.proj.double().t()
+        expected_head = mapped / mapped.norm(dim=1, keepdim=True)
+    method = create_method("lift")
+    method.setup(info)
+    model = method.build_model(backbone, info)
+    blocks = backbone.body.transformer.resblocks
+    assert all(isinstance(b.mlp, ParallelAdapterMLP) and b.mlp.adapter.down_proj.out_features == 1 for b in blocks)
+    torch.testing.assert_close(model.head.weight.double(), expected_head, rtol=1e-5, atol=1e-6)
+    assert model.head.scale == 25.0
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        tokens = reference.transformer(reference._embeds(x))
+        pooled = reference.ln_post(tokens)[:, 0]  # class token after ln_post, before proj
+        torch.testing.assert_close(model.features(x), pooled, rtol=1e-6, atol=1e-6)  # zero adapters: CLIP itself
+        torch.testing.assert_close(model(x).double(), naive_cosine(pooled, model.head.weight.detach(), 25.0),
+                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pooled @ reference.proj, reference(x), rtol=1e-5, atol=1e-5)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight"} | {f"backbone.body.transformer.resblocks.{i}.mlp.adapter.{k}" for i in range(2)
+                                           for k in ("ln.weight", "ln.bias", "down_proj.weight", "down_proj.bias",
+                                                     "up_proj.weight", "up_proj.bias", "scale")}
+    assert method.stages(info)[0].trains == ("backbone.body.transformer.resblocks.0.mlp.adapter",
+                                             "backbone.body.transformer.resblocks.1.mlp.adapter", "head")
+    assert create_method("lift", bottleneck=3).build_model(_clip_setup()[1], info).backbone.body.transformer \
+        .resblocks[0].mlp.adapter.down_proj.out_features == 3
+
+
+def test_lift_loss_and_tte_predict_are_the_official_computations():
+    create_method, backbone, info = _clip_setup()
+    method = create_method("lift")
+    method.setup(info)
+    model = method.build_model(backbone, info).eval()
+    logits = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 0, 1])  # classes 2 and 3 absent
+    loss = method.loss(logits, labels)
+    assert loss.item() == pytest.approx(naive_la_loss(logits.detach(), labels, info.class_counts), rel=1e-6)
+    loss.backward()
+    torch.testing.assert_close(logits.grad, naive_la_grad(logits.detach(), labels, info.class_counts),
+                               rtol=1e-5, atol=1e-7)
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        crops = tte_crops(x, "fivecrop")
+        expected = sum(model(crops[2 * k:2 * k + 2]) for k in range(5)) / 5
+        torch.testing.assert_close(method.predict(model, x), expected, rtol=1e-5, atol=1e-6)
+        method.tte = "none"
+        torch.testing.assert_close(method.predict(model, x), model(x))
+
+
+def test_lift_trains_only_its_adapters_and_head():
+    from ltbench import create_method
+    from ltbench.trainer import Trainer
+    from tests.helpers import cpu_config, synthetic_data, tiny_clip
+
+    data = synthetic_data()
+    trainer = Trainer(cpu_config(backbone=tiny_clip(), epochs=1, select_metric="last"), progress=False)
+    torch.manual_seed(0)
+    method = create_method("lift")
+    run = trainer.fit(method, data.bundle)
+    model = trainer.model
+    assert math.isfinite(run.history[0]["train_loss"])
+    from ltbench.models import build_backbone
+    from ltbench.trainer.loop import seed_everything
+
+    seed_everything(0)  # the trainer's order: the same tower, untouched
+    fresh = build_backbone(tiny_clip(), None, 16)
+    for name, value in fresh.body.state_dict().items():
+        torch.testing.assert_close(model.backbone.body.state_dict()[_moved(name)], value, rtol=0, atol=0)
+    moved = [n for n, p in model.named_parameters() if "adapter.up_proj.weight" in n and p.abs().sum() > 0]
+    assert moved  # an adapter left zero (the last block's one-unit ReLU may stay dead on the class token, as official)
+
+
+def _moved(name: str) -> str:
+    """A tower parameter's name once LIFT has put the block's ln_2 and MLP inside its ParallelAdapterMLP."""
+    if ".ln_2." in name:
+        return name.replace(".ln_2.", ".mlp.ln_2.")
+    return name.replace(".mlp.", ".mlp.mlp.")
+
+
+def test_lift_refuses_a_backbone_another_finetune_mode_changed():
+    create_method, backbone, info = _clip_setup()
+    next(backbone.parameters()).requires_grad_(False)  # as a finetune mode other than full leaves it
+    method = create_method("lift")
+    method.setup(info)
+    with pytest.raises(LtbenchError, match="finetune"):
+        method.build_model(backbone, info)
+
+
+def test_prompt_ensemble_is_clips_80_templates_averaged():
+    _, backbone, info = _clip_setup()
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    names = ["basal cell", "nevus"]
+    with torch.no_grad():
+        per = []
+        for template in OPENAI_IMAGENET_TEMPLATES:
+            t = backbone.clip_model.encode_text(backbone.tokenizer([template(c) for c in names])).double()
+            per.append(t / t.norm(dim=1, keepdim=True))
+        mean = torch.stack(per).mean(0)
+        expected = mean / mean.norm(dim=1, keepdim=True)
+    got = class_text_features(backbone.encode_text, ["basal_cell", "nevus"], "ensemble")
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+    assert len(prompt_texts(names, "ensemble")) == 80 and prompt_texts(["a_b"], "default") == [["a photo of a a b."]]
+    assert prompt_texts(["a_b"], "classname") == [["a b"]]

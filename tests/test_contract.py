@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ltbench import LtbenchError, Method, create_method, get_method_class, list_methods
+from ltbench.runs import DataSpec, prepare_data
 from ltbench.trainer import Trainer
 from ltbench.method import TrainInfo
 from tests.helpers import cpu_config, synthetic_data, tiny_clip
@@ -110,3 +111,47 @@ def test_a_method_refuses_a_backbone_it_does_not_require_in_one_line(name, data)
         Trainer(cpu_config(epochs=1), progress=False).fit(create_method(name), data.bundle)
     message = str(error.value)
     assert "\n" not in message and get_method_class(name).requires[0] in message and "small-cnn" in message
+
+
+# --- every method on a tiny random-init ViT (issue 23) ------------------------------------------------
+#: timm's ViT-Ti/16 (12 blocks, width 192, random init) at 32 px: 4 patch tokens and the class token.
+VIT = "timm:vit_tiny_patch16_224"
+#: A smaller synthetic set than the CNN runs' (66 training images): one epoch is 3 steps of 22.
+VIT_DATA = DataSpec(dataset="synthetic", options={"num_classes": 4, "n_max": 50, "imbalance": 4.0},
+                    split="grouped", split_seed=0)
+VIT_METHODS = [n for n in METHODS if not getattr(get_method_class(n), "requires", ())]  # not CLIP-only methods
+#: Methods built on a CNN's feature maps refuse a transformer in one line: HDCSA spatial attention gates the
+#: BatchNorms of residual blocks; RSG transfers variation on the trunk's map before the last stage.
+CNN_ONLY = {"rotation_hashing": "ResNet-specific", "rsg": "rsg: "}
+
+
+@pytest.fixture(scope="module")
+def vit_data():
+    return prepare_data(VIT_DATA, 32)
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", VIT_METHODS)
+def test_one_epoch_on_a_tiny_vit(name, bf16, vit_data):
+    """Feature width and layers come from the model: every method trains on a transformer (one thread:
+    thread start-up dominates these tiny steps on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = cpu_config(backbone=VIT, image_size=32, epochs=1, batch_size=22)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if name in CNN_ONLY:
+                from ltbench.errors import LtbenchError
+
+                with pytest.raises(LtbenchError) as error:
+                    Trainer(config, progress=False).fit(create_method(name), vit_data.bundle)
+                assert "\n" not in str(error.value) and CNN_ONLY[name] in str(error.value)
+                return
+            run = Trainer(config, progress=False).fit(create_method(name), vit_data.bundle)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(math.isfinite(h["train_loss"]) for h in run.history)
+    assert run.arrays["test_probs"].shape == (len(vit_data.split.test), 4)
+    assert np.isfinite(run.arrays["test_probs"]).all()
+    np.testing.assert_allclose(run.arrays["test_probs"].sum(1), 1.0, rtol=1e-3 if bf16 else 1e-5)
+    assert 0 < run.params["trainable"] <= run.params["total"]

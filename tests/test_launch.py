@@ -209,6 +209,32 @@ def test_a_failed_job_keeps_submitits_whole_reason_on_one_line():
     assert failure_reason(RuntimeError("")) == "RuntimeError"
 
 
+def stale_outcome() -> dict:
+    """A task's outcome as run_task returns it (module level: pickled by reference into the job)."""
+    return {"status": "stale", "path": "/o/runs/ce/seed0.json", "stored_key": "aaa", "current_key": "bbb"}
+
+
+def test_a_task_that_ran_between_two_polls_still_gets_its_started_line(tmp_path, monkeypatch):
+    """Issue 21: a short task, finished before any poll saw it running, had no `started` line. A real
+    job of submitit's local executor, collected after it ended."""
+    submitit = pytest.importorskip("submitit")
+    from ltbench.launchers.grid import Tally, Task
+    from ltbench.launchers.slurm import SlurmLauncher
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the job imports this module
+    executor = submitit.AutoExecutor(folder=str(tmp_path), cluster="local")
+    executor.update_parameters(timeout_min=3)
+    job = executor.submit(stale_outcome)
+    job.wait()
+    lines = []
+    tally = Tally(1, lines.append, bar=False)
+    tally.launching(1)
+    SlurmLauncher._collect(Task("ce", 0), job, tally)
+    assert lines[0].startswith(f"ce seed 0: started (job {job.job_id})")
+    assert lines[1].startswith("[1/1] ce seed 0: STALE: /o/runs/ce/seed0.json holds a result of another configuration")
+    assert not tally.running
+
+
 # ------------------------------------------------------------------------------- local workers
 
 
@@ -253,7 +279,8 @@ def test_two_local_jobs_equal_the_sequential_bench_and_failures_stay_isolated(tm
                 "--methods", "ce,test-raises")
     assert again.returncode == 2
     assert "local launcher" not in again.stdout and "0 run(s) trained, 1 skipped; 1 failed" in again.stdout
-    assert "(recorded earlier; --retry-failed reruns it)" in again.stdout
+    assert f"(replaying the failure recorded in {out / 'runs' / 'test-raises' / 'seed0.failed.json'} at " in again.stdout
+    assert "; --retry-failed retrains it)" in again.stdout
 
 
 # ------------------------------------------------------------------------------- submitit

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,6 +114,10 @@ def test_a_bench_equals_a_local_run_and_survives_requeue_scancel_and_an_interrup
     assert (out / "slurm" / f"{ce}_0_log.out").is_file()  # the log named as printed
     # ce: started, requeued (no longer counted as running), started again, resumed from its checkpoint, trained once
     assert f"ce seed 0: requeued (job {ce}, " in text, text
+    lines = text.splitlines()
+    at = next(k for k, line in enumerate(lines) if "ce seed 0: requeued" in line)
+    running = lambda line: int(re.search(r"running (\d+),", line).group(1))  # noqa: E731
+    assert running(lines[at]) == running(lines[at - 1]) - 1  # no longer counted as running
     assert text.count("ce seed 0: started") == 2 and text.count("ce seed 0: trained in") == 1
     ce_log = (out / "slurm" / f"{ce}_0_log.out").read_text()
     assert ce_log.count("ltbench: ce seed 0 of bench slurm-test") == 2

@@ -348,9 +348,9 @@ def _clusters():
 def main(argv: list[str]) -> int:
     if argv[:1] == ["install"]:
         reason = cannot_run()
-        if reason:
+        if reason:  # fatal in CI, where the test must run; elsewhere the test skips with this reason
             print(f"slurm_cluster: cannot install: {reason}", file=sys.stderr)
-            return 1
+            return 1 if os.environ.get("CI", "").lower() == "true" else 0
         seconds = install()
         print(f"slurm_cluster: packages present ({seconds:.1f} s to install)")
         return 0

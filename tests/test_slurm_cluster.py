@@ -53,7 +53,7 @@ class Bench:
     def text(self) -> str:
         return self.log.read_text()
 
-    def wait(self, timeout: float = 150) -> int:
+    def wait(self, timeout: float = 240) -> int:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

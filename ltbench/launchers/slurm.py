@@ -173,8 +173,9 @@ class SlurmLauncher:
             else:
                 self._wait_slurm(waiting, tally, poll, queue, echo)
         except KeyboardInterrupt:
+            again = " (it reattaches to them)" if queue is not None else ""
             echo(f"ltbench: stopped waiting; the {len(waiting)} unfinished task(s) keep running (job "
-                 f"{', '.join(arrays)}): rerun the same command to wait again (it reattaches to them), or "
+                 f"{', '.join(arrays)}): rerun the same command to wait again{again}, or "
                  f"`ltbench report {grid.out_dir}` when they finish")
             raise
 

@@ -194,7 +194,8 @@ class Cluster:
         self._spawn("mariadb", [which("mariadbd"), "--no-defaults", f"--datadir={data}", "--user=mysql",
                                 f"--socket={folder / 'mysqld.sock'}", f"--port={self.db_port}",
                                 "--bind-address=127.0.0.1", "--skip-name-resolve", f"--init-file={init}",
-                                f"--pid-file={folder / 'mysqld.pid'}", f"--log-error={self.root / 'log' / 'mariadb.log'}",
+                                f"--pid-file={folder / 'mysqld.pid'}",
+                                f"--log-error={self.root / 'log' / 'mariadb.log'}",
                                 "--innodb-buffer-pool-size=32M", "--innodb-flush-log-at-trx-commit=0",
                                 # slurmdbd's schema wants these (its own warning otherwise)
                                 "--innodb-lock-wait-timeout=900", "--max-allowed-packet=16M"])
@@ -336,7 +337,8 @@ def _clusters():
                 cluster.start()
             except Exception as exc:
                 _fail_or_skip(f"the SLURM cluster did not start: {exc} (logs: {cluster.root / 'log'})")
-            print(f"slurm_cluster: started in {cluster.start_seconds:.1f} s (accounting {accounting}) in {cluster.root}")
+            print(f"slurm_cluster: started in {cluster.start_seconds:.1f} s (accounting {accounting}) in "
+                  f"{cluster.root}")
             current[accounting] = cluster
         return current[accounting]
 

@@ -110,7 +110,8 @@ def test_a_bench_equals_a_local_run_and_survives_requeue_scancel_and_an_interrup
     cluster.run("scancel", focal)
     assert first.wait() == 2, first.text
     text = first.text
-    assert f"submitted 2 task(s) to slurm (job {ce.split('_')[0]}); logs: {out / 'slurm'}/{ce.split('_')[0]}_<index>_0_log.out" in text
+    array = ce.split("_")[0]
+    assert f"submitted 2 task(s) to slurm (job {array}); logs: {out / 'slurm'}/{array}_<index>_0_log.out" in text
     assert (out / "slurm" / f"{ce}_0_log.out").is_file()  # the log named as printed
     # ce: started, requeued (no longer counted as running), started again, resumed from its checkpoint, trained once
     assert f"ce seed 0: requeued (job {ce}, " in text, text

@@ -160,8 +160,10 @@ class SlurmLauncher:
                 remember(folder, grid, dict(zip(fresh, jobs)))
             if len(jobs) == 1:  # submitit submits a single task as a plain job (no array index)
                 logs = f"{jobs[0].paths.stdout}|.err"
+            elif queue is not None:
+                logs = f"{folder}/{first}_<index>_0_log.out|.err"
             else:
-                logs = f"{folder}/{first}_<index>_0_log.out|.err" if queue is not None else f"{folder}/<pid>_0_log.out|.err"
+                logs = f"{folder}/<pid>_0_log.out|.err"
             echo(f"submitted {len(jobs)} task(s) to {self.cluster} (job {first}); logs: {logs}")
             waiting.update(zip(fresh, jobs))
         tally.launching(len(todo))

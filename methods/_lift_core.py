@@ -185,7 +185,7 @@ def class_text_features(encode_text, class_names: Sequence[str], prompt: str) ->
     normalised again (CLIP's prompt ensembling; one template: the template's features)."""
     groups = prompt_texts(class_names, prompt)
     texts = [text for group in groups for text in group]
-    encoded = torch.cat([encode_text(texts[i:i + 1000]).float() for i in range(0, len(texts), 1000)])
+    encoded = torch.cat([encode_text(texts[i:i + 256]).float() for i in range(0, len(texts), 256)])  # bounded memory
     per_template = F.normalize(encoded, dim=-1).reshape(len(groups), len(class_names), -1)
     return F.normalize(per_template.mean(dim=0), dim=-1)
 

@@ -31,7 +31,8 @@ class RareSampleGenerator(nn.Module):
         self.linear = nn.Parameter(torch.randn(num_classes, channels, n_center))
         self.bias = nn.Parameter(torch.ones(num_classes, n_center))
         self.centers = nn.Parameter(torch.zeros(num_classes, n_center, channels))
-        self.vec_transformation_module = nn.Sequential(nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1))
+        self.vec_transformation_module = nn.Sequential(
+            nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1))
         # The official AvgPool2d(H) at the end: a global average over the (square) map, whatever its size.
         self.contrastive_module = nn.Sequential(
             nn.Conv2d(channels * 2, contrastive_module_dim, kernel_size=1, stride=1, padding=0), nn.ReLU(inplace=True),
@@ -105,7 +106,8 @@ class RareSampleGenerator(nn.Module):
         pair_pred = self.contrastive(torch.cat([ori_f, var_map_t], dim=1), frozen=True)
         zeros = torch.zeros(num, dtype=torch.long, device=ori_f.device)
         loss = F.cross_entropy(pair_pred, zeros) + (
-            torch.sum(torch.abs(torch.norm(var_map_t.view(-1, self.C), dim=1) - torch.norm(var_map.view(-1, self.C), dim=1)))
+            torch.sum(torch.abs(torch.norm(var_map_t.view(-1, self.C), dim=1)
+                                - torch.norm(var_map.view(-1, self.C), dim=1)))
             + torch.sum(torch.abs(target_features_norm * var_map_norm - torch.ones_like(target_features_norm)))) / num
         return loss, target_features_f
 
@@ -126,7 +128,8 @@ class RareSampleGenerator(nn.Module):
                 segment = max(int(num_head * self.strength / num_tail), 1)
                 for j in range(segment):
                     head = slice(j * num_tail, (j + 1) * num_tail)
-                    loss_mv, generated = self._transfer(maps_head[head], target_head[head], maps_tail, target_tail, h, w)
+                    loss_mv, generated = self._transfer(maps_head[head], target_head[head], maps_tail, target_tail,
+                                                        h, w)
                     loss_mv_total = loss_mv_total + loss_mv
                     feature_maps = torch.cat((feature_maps, generated), dim=0)
                     target = torch.cat((target, target_tail), dim=0)
@@ -134,7 +137,8 @@ class RareSampleGenerator(nn.Module):
                 segment = max(int(num_tail * self.strength / num_head), 1)
                 for j in range(segment):
                     tail = slice(j * num_head, (j + 1) * num_head)
-                    loss_mv, generated = self._transfer(maps_head, target_head, maps_tail[tail], target_tail[tail], h, w)
+                    loss_mv, generated = self._transfer(maps_head, target_head, maps_tail[tail], target_tail[tail],
+                                                        h, w)
                     feature_maps = torch.cat((feature_maps, generated), dim=0)
                     loss_mv_total = loss_mv_total + loss_mv
                     target = torch.cat((target, target_tail[tail]), dim=0)
@@ -144,5 +148,5 @@ class RareSampleGenerator(nn.Module):
                   h: int, w: int) -> tuple[Tensor, Tensor]:
         gamma_head = self.gamma(head_maps, head_target)
         gamma_tail = self.gamma(tail_maps, tail_target)
-        return self.compute_mv_loss(head_maps, self.class_centers(head_target, h, w), self.class_centers(tail_target, h, w),
-                                    tail_maps, gamma_head, gamma_tail)
+        return self.compute_mv_loss(head_maps, self.class_centers(head_target, h, w),
+                                    self.class_centers(tail_target, h, w), tail_maps, gamma_head, gamma_tail)

@@ -84,7 +84,8 @@ def tde_logits(features: Tensor, weight: Tensor, embed: Tensor, num_head: int = 
     normed_c = l2_norm_heads(embed.reshape(1, -1).to(features.dtype), num_head)
     output = []
     for nx, nc, nw in zip(_heads(normed_x, num_head), _heads(normed_c, num_head), _heads(normed_w, num_head)):
-        cos_val = (nx * nc).sum(-1, keepdim=True) / torch.norm(nx, 2, 1, keepdim=True) / torch.norm(nc, 2, 1, keepdim=True)
+        cos_val = ((nx * nc).sum(-1, keepdim=True) / torch.norm(nx, 2, 1, keepdim=True)
+                   / torch.norm(nc, 2, 1, keepdim=True))
         output.append(torch.mm((nx - cos_val * alpha * nc) * scale, nw.t()))
     return sum(output)
 

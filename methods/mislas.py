@@ -3,12 +3,13 @@
 
 Two stages, as the official scripts run them:
 
-* **Stage 1** (the run's budget E): backbone + linear classifier trained with mixup and cross-entropy,
+* **Stage 1** (the budget E minus stage 2): backbone + linear classifier trained with mixup and cross-entropy,
   ``λ·CE(z, y_a) + (1 − λ)·CE(z, y_b)``, λ ~ Beta(α, α) once per batch (``methods.py`` ``mixup_data``;
   ltbench's mixup, ``ltbench.losses``). α = 0.2 (ImageNet-LT, iNaturalist, Places configs; 1.0 for CIFAR).
-* **Stage 2** (the last ``stage2_epochs`` = 10 epochs of the budget; at most half of it): class-aware batches; the backbone runs without
-  gradient; the linear classifier and a learnable per-class logit scale (``LearnableWeightScaling``, ones at
-  the start) are trained on the label-aware smoothing loss (:func:`label_aware_smoothing_loss`):
+* **Stage 2** (the last ``stage2_epochs`` = 10 epochs of the budget; at most half of it): class-aware
+  batches; the backbone runs without gradient; the linear classifier and a learnable per-class logit
+  scale (``LearnableWeightScaling``, ones at the start) are trained on the label-aware smoothing loss
+  (:func:`label_aware_smoothing_loss`):
   ``mean_i (1 − ε_{y_i})·(−log p_{i,y_i}) + ε_{y_i}·mean_c(−log p_{i,c})`` with
   ``ε_c = ε_K + (ε_1 − ε_K)·f((n_c − n_K)/(n_1 − n_K))`` (:func:`las_smoothing`), f the official
   ``concave`` sin(π x / 2) (the default, as ``train_stage2.py`` builds it), ``linear`` x, ``convex``

@@ -68,11 +68,12 @@ def head_class_mask(class_counts, head_tail_ratio: float = 0.2) -> Tensor:
     return mask
 
 
-def _channels(trunk: nn.Module) -> int:
-    """Channels of the trunk's output map: its last BatchNorm2d."""
+def _channels(trunk: nn.Module, arch: str) -> int:
+    """Channels of the trunk's output map: its last BatchNorm2d (a CNN's; a transformer has none)."""
     norms = [m for m in trunk.modules() if isinstance(m, nn.BatchNorm2d)]
     if not norms:
-        raise LtbenchError("rsg: the backbone's trunk has no BatchNorm2d to read its channel count from")
+        raise LtbenchError(f"rsg: needs a convolutional backbone (small-cnn or a ResNet: RSG works on the feature "
+                           f"map before the last stage), got {arch}")
     return norms[-1].num_features
 
 
@@ -84,7 +85,8 @@ class RSGNetwork(nn.Module):
         super().__init__()
         self.trunk, self.tail = backbone.split_last_stage()
         self.classifier = nn.Linear(backbone.out_dim, num_classes)
-        self.rsg = RareSampleGenerator(_channels(self.trunk), num_classes, head_classes, n_center, contrastive_dim,
+        channels = _channels(self.trunk, getattr(backbone, "arch", "?"))
+        self.rsg = RareSampleGenerator(channels, num_classes, head_classes, n_center, contrastive_dim,
                                        transfer_strength, epoch_thresh)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -100,8 +102,8 @@ class RSG(Method):
         train={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 128,
                "epochs": 200, "lr_schedule": "step", "lr_milestones": (159, 179), "lr_gamma": 0.01,
                "warmup_epochs": 4, "warmup_start_factor": 0.2},
-        note="its adjust_learning_rate: ×0.01 from 0-indexed epoch 159 and 179 (LDAM-DRW's from 160 and 180); CIFAR-10/100-LT, ResNet-32 at 32 px; "
-             "backbone, size and views stay the benchmark's")}
+        note="its adjust_learning_rate: ×0.01 from 0-indexed epoch 159 and 179 (LDAM-DRW's from 160 and 180); "
+             "CIFAR-10/100-LT, ResNet-32 at 32 px; backbone, size and views stay the benchmark's")}
 
     def __init__(self, n_center: int = 15, contrastive_dim: int = 256, head_tail_ratio: float = 0.2,
                  transfer_strength: float = 1.0, generation_fraction: float = 0.8, generation_epoch: int | None = None,
@@ -144,7 +146,8 @@ class RSG(Method):
         with torch.autocast(device_type=logits.device.type, enabled=False):
             ce = F.cross_entropy(logits.float(), target)
             loss = ce + self.cesc_weight * cesc.mean() + self.mv_weight * mv.mean()
-        return loss, {"cesc": cesc.detach(), "mv": mv.detach(), "generated": torch.tensor(float(len(target) - len(batch.labels)))}
+        generated = torch.tensor(float(len(target) - len(batch.labels)))
+        return loss, {"cesc": cesc.detach(), "mv": mv.detach(), "generated": generated}
 
     def representations(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
         return {"feature": model.tail(model.trunk(images))}

@@ -29,7 +29,9 @@ Departures, and why:
   weights with ``--pretrained``, else one random draw); the official code draws each expert separately.
   The three classifiers are drawn separately, as official. The experts diverge through their losses.
 * **Which layers are expert-specific.** The last stage only (the split ltbench's backbones offer, as BBN);
-  the official ResNet-50/ResNeXt-50 experts own layer3 and layer4.
+  the official ResNet-50/ResNeXt-50 experts own layer3 and layer4, and are narrower (``reduce_dimension``:
+  e.g. 48 instead of 64 channels in ResNet-32) so that three experts cost about one network; here each
+  expert is a full-width copy.
 * **Inverted prior ties.** Classes of equal count are ranked in index order (a stable sort); the official
   ``torch.sort`` leaves their order to the device's sort.
 * **Test-time aggregation.** It runs inside ``predict``, so it learns its weights on each evaluation batch

@@ -305,8 +305,12 @@ class LossMethod(Method):
         raise NotImplementedError(f"{type(self).__name__} gives no per-sample losses")
 
     def has_sample_losses(self) -> bool:
-        # Mixed pairs have two classes each: ImbSAM's head/tail split is undefined under mixup.
-        return type(self).sample_loss is not LossMethod.sample_loss and not getattr(self, "mixup_alpha", 0.0) > 0
+        # Only when the class that defines `loss` defines `sample_loss` too (a subclass that changes the loss
+        # alone would inherit per-sample losses of another loss); mixed pairs have two classes each, so
+        # ImbSAM's head/tail split is undefined under mixup.
+        owner = lambda name: next(c for c in type(self).__mro__ if name in vars(c))  # noqa: E731
+        return (owner("sample_loss") is owner("loss") is not LossMethod
+                and not getattr(self, "mixup_alpha", 0.0) > 0)
 
     def sample_losses(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
         return self.sample_loss(model(batch.views[0]).float(), batch.labels), batch.labels

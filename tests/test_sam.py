@@ -211,3 +211,13 @@ def test_a_run_with_sam_trains_on_digits_lt(optimizer, tmp_path):
     losses = [h["train_loss"] for h in run["history"]]
     assert all(math.isfinite(v) for v in losses) and losses[1] < losses[0]
     assert run["test"]["acc"] > 30  # ten balanced classes: chance is 10
+
+
+def test_a_subclass_that_changes_the_loss_alone_has_no_per_sample_losses():
+    from ltbench.methods.ce import CrossEntropy
+
+    class Squared(CrossEntropy):
+        def loss(self, logits, labels):
+            return super().loss(logits, labels) ** 2
+
+    assert CrossEntropy().has_sample_losses() and not Squared().has_sample_losses()

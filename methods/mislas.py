@@ -91,6 +91,19 @@ def label_aware_smoothing_loss(logits: Tensor, labels: Tensor, smoothing: Tensor
     return ((1.0 - eps) * nll + eps * smooth).mean()
 
 
+class LabelAwareSmoothing(nn.Module):
+    """The official criterion's interface (``methods.py``): ``LabelAwareSmoothing(cls_num_list, smooth_head,
+    smooth_tail, shape, power)(x, target)``, ε stored as float32 as the official ``.float()``."""
+
+    def __init__(self, cls_num_list: Sequence[int], smooth_head: float, smooth_tail: float, shape: str = "concave",
+                 power: float | None = None) -> None:
+        super().__init__()
+        self.register_buffer("smooth", las_smoothing(cls_num_list, smooth_head, smooth_tail, shape, power).float())
+
+    def forward(self, x: Tensor, target: Tensor) -> Tensor:
+        return label_aware_smoothing_loss(x, target, self.smooth)
+
+
 class ScaledLogits(nn.Module):
     """``LearnableWeightScaling``: per-class scale of the logits, ``s = u · gain`` (s starts at ones)."""
 

@@ -87,6 +87,23 @@ def diverse_expert_loss(expert_logits: Tensor, labels: Tensor, prior: Tensor, ta
     return loss + F.cross_entropy(backward, labels)
 
 
+class DiverseExpertLoss(nn.Module):
+    """The official interface (``model/loss.py``): ``DiverseExpertLoss(cls_num_list, tau=2)(output_logits, target,
+    extra_info)`` with ``extra_info["logits"]`` the three experts' logits, expert first (3×B×C, as the trainer's
+    ``logits.transpose(0, 1)``); without ``extra_info`` the plain CE of ``output_logits``."""
+
+    def __init__(self, cls_num_list: Sequence[int], tau: float = 2.0) -> None:
+        super().__init__()
+        self.tau = tau
+        self.register_buffer("prior", training_prior(cls_num_list))
+
+    def forward(self, output_logits: Tensor, target: Tensor, extra_info: dict | None = None) -> Tensor:
+        if extra_info is None:
+            return F.cross_entropy(output_logits, target)
+        logits = torch.stack([extra_info["logits"][k] for k in range(NUM_EXPERTS)], dim=1)
+        return diverse_expert_loss(logits, target, self.prior.to(logits.device), self.tau)
+
+
 def aggregation_loss(weight: Tensor, logits0: Tensor, logits1: Tensor) -> Tensor:
     """``test_training``'s loss: −mean_i cos(softmax(Σ_k a_k z_k^(0)), softmax(Σ_k a_k z_k^(1))), a = softmax(ω)."""
     a = F.softmax(weight, dim=0)

@@ -166,3 +166,13 @@ def test_logit_scale_starts_at_exactly_one(lr_factor):
 
     scale = ScaledLogits(5, 1.0 / math.sqrt(lr_factor)).scale()
     assert torch.equal(scale, torch.ones(1, 5))  # stage 1 logits are the classifier's, bit for bit
+
+
+def test_official_interface_is_the_same_loss():
+    from ltbench.methods.mislas import LabelAwareSmoothing
+
+    z, y = float64_logits(seed=8, b=5, c=3, absent=1)
+    counts = [100, 30, 3]
+    criterion = LabelAwareSmoothing(counts, 0.4, 0.1)
+    assert criterion.smooth.dtype == torch.float32
+    torch.testing.assert_close(criterion(z, y), label_aware_smoothing_loss(z, y, las_smoothing(counts, 0.4, 0.1).float()))

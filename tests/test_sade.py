@@ -144,3 +144,16 @@ def test_fits_and_its_loss_falls():
     run = Trainer(cpu_config(epochs=3), progress=False).fit(create_method("sade"), data.bundle)
     losses = [h["train_loss"] for h in run.history]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+def test_official_interface_is_the_same_loss():
+    from ltbench.methods.sade import DiverseExpertLoss
+
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(5, 3, 4, generator=g)
+    y = torch.tensor([0, 1, 0, 3, 0])  # class 2 absent
+    counts = [40, 20, 10, 5]
+    criterion = DiverseExpertLoss(counts, tau=2)
+    got = criterion(z.mean(1), y, {"logits": z.transpose(0, 1)})
+    assert torch.equal(got, diverse_expert_loss(z, y, training_prior(counts), 2.0))
+    assert torch.equal(criterion(z.mean(1), y), torch.nn.functional.cross_entropy(z.mean(1), y))

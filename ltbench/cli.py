@@ -187,7 +187,8 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
 @click.option("--launcher", metavar="local|slurm", help="local (default: processes on this machine) or slurm (a job array via submitit).")
 @click.option("--slurm", "slurm", multiple=True, metavar="KEY=VALUE",
               help="A SLURM setting (over the file's slurm: section): cluster=slurm|local, partition, account, qos, "
-                   "time_min, gpus_per_job, cpus_per_job, mem_gb, array_parallelism, setup; repeatable.")
+                   "time_min (>= 3), gpus_per_job, cpus_per_job, mem_gb, array_parallelism, setup, poll_s; "
+                   "repeatable.")
 def bench_cmd(benchmark_path, methods, seeds, epochs, data_root, backbone, pretrained, image_size, batch_size, lr,
               select_metric, device, settings, tune, split_ratio, split_classes, retrieval, out, quiet, force,
               retry_failed, keep_checkpoints, jobs, gpus, runs_per_gpu, threads, launcher, slurm) -> None:

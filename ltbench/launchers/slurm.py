@@ -18,8 +18,9 @@ resubmission of the bench does the same for runs whose job was lost.
 
 Settings (``slurm:`` in the benchmark file, ``--slurm KEY=VALUE`` on the command line, the latter
 winning; ``ltbench.config.slurm_settings``): ``partition``, ``account``, ``qos``, ``time_min``
-(per task, default 1440), ``gpus_per_job``, ``cpus_per_job``, ``mem_gb``, ``array_parallelism``
-(tasks running at once), ``setup`` (shell lines run before each task, e.g. ``module load cuda``), and
+(per task, at least 3, default 1440), ``gpus_per_job``, ``cpus_per_job``, ``mem_gb``, ``array_parallelism``
+(tasks running at once), ``setup`` (shell lines run before each task, e.g. ``module load cuda``),
+``poll_s`` (seconds between two looks at the queue, default 20), and
 ``cluster``: ``slurm`` (default) or ``local`` — submitit's local executor, which runs every task as
 a process on this machine with the same pickling, logs, checkpoint-and-requeue and results (for tests
 and for trying a benchmark file before a cluster; it ignores the SLURM-only settings and starts all

@@ -91,9 +91,12 @@ def tde_logits(features: Tensor, weight: Tensor, embed: Tensor, num_head: int = 
 
 
 class CausalNormClassifier(nn.Module):
-    """The C×d weight of ``Causal_Norm_Classifier`` (uniform ±1/sqrt(d)); ``forward`` gives the training logits."""
+    """The C×d weight of ``Causal_Norm_Classifier`` (uniform ±1/sqrt(d)). ``forward(x)`` gives the training
+    logits; ``forward(x, label, embed)`` in eval mode the TDE logits, as the official forward (which returns
+    ``(y, None)``; here ``y``)."""
 
-    def __init__(self, in_dim: int, num_classes: int, num_head: int, tau: float, gamma: float) -> None:
+    def __init__(self, in_dim: int, num_classes: int, num_head: int, tau: float, gamma: float,
+                 alpha: float = 3.0, use_effect: bool = True) -> None:
         super().__init__()
         if in_dim % num_head:
             raise LtbenchError(f"de_confound: feature dimension {in_dim} is not divisible by num_head {num_head}")
@@ -101,10 +104,15 @@ class CausalNormClassifier(nn.Module):
         stdv = 1.0 / math.sqrt(in_dim)
         self.weight.data.uniform_(-stdv, stdv)
         self.num_head, self.tau, self.gamma = num_head, tau, gamma
+        self.alpha, self.use_effect = alpha, use_effect
 
-    def forward(self, features: Tensor) -> Tensor:
+    def forward(self, features: Tensor, label: Tensor | None = None, embed: Tensor | None = None) -> Tensor:
         with torch.autocast(device_type=features.device.type, enabled=False):
-            return causal_logits(features.float(), self.weight, self.num_head, self.tau, self.gamma)
+            features = features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
+            if embed is not None and not self.training and self.use_effect:
+                embed = torch.as_tensor(embed, device=features.device)
+                return tde_logits(features, self.weight, embed, self.num_head, self.tau, self.gamma, self.alpha)
+            return causal_logits(features, self.weight, self.num_head, self.tau, self.gamma)
 
 
 @register_method("de_confound")
@@ -148,7 +156,7 @@ class DeConfound(Method):
     def build_model(self, backbone: Backbone, info: TrainInfo) -> nn.Module:
         self.embed_mean = torch.zeros(backbone.out_dim, device=info.device)  # the moving average starts at 0
         return Classifier(backbone, CausalNormClassifier(backbone.out_dim, info.num_classes, self.num_head,
-                                                          self.tau, self.gamma))
+                                                          self.tau, self.gamma, self.alpha, self.use_effect))
 
     def training_step(self, model: nn.Module, batch: Batch) -> StepResult:
         features = model.backbone(batch.views[0])
@@ -164,7 +172,6 @@ class DeConfound(Method):
         with torch.autocast(device_type=features.device.type, enabled=False):
             features = features.float()
             if not self.use_effect:
-                return model.head(features)
-            head = model.head
-            return tde_logits(features, head.weight, self.embed_mean, self.num_head, self.tau, self.gamma,
+                return causal_logits(features, model.head.weight, self.num_head, self.tau, self.gamma)
+            return tde_logits(features, model.head.weight, self.embed_mean, self.num_head, self.tau, self.gamma,
                               self.alpha)

@@ -127,3 +127,16 @@ def test_indivisible_feature_dimension_is_one_error():
     with pytest.raises(LtbenchError, match="not divisible by num_head 3"):
         Trainer(cpu_config(epochs=1), progress=False).fit(create_method("de_confound", num_head=3),
                                                            synthetic_data().bundle)
+
+
+def test_official_forward_interface():
+    from ltbench.methods.de_confound import CausalNormClassifier
+
+    torch.manual_seed(0)
+    clf = CausalNormClassifier(8, 3, num_head=2, tau=16.0, gamma=0.03125, alpha=1.5).double()
+    x, _, embed = inputs(seed=4, d=8, c=3)
+    with torch.no_grad():
+        torch.testing.assert_close(clf(x, None, embed.numpy()), causal_logits(x, clf.weight))  # training mode
+        clf.eval()
+        torch.testing.assert_close(clf(x, None, embed.numpy()), tde_logits(x, clf.weight, embed, alpha=1.5))
+        torch.testing.assert_close(clf(x), causal_logits(x, clf.weight))

@@ -95,7 +95,16 @@ class LDAMDRW(LossMethod):
         source="kaidic/LDAM-DRW cifar_train.py @ 2536330, --loss_type LDAM --train_rule DRW "
                "(Cao et al., NeurIPS 2019)",
         train=LDAM_DRW_CIFAR_TRAIN,
-        note="CIFAR-10/100-LT: ResNet-32 at 32 px, random crop + flip; backbone, size and views stay the benchmark's")}
+        note="CIFAR-10/100-LT: ResNet-32 at 32 px, random crop + flip; backbone, size and views stay the benchmark's"),
+        # MONICA's `SAM` row is this loss (LDAMLoss with its DRW epoch) trained with SAM's two steps
+        # (main.py, losses/get_loss.py): the benchmark's settings with `optimizer: sam` (ltbench/trainer/sam.py).
+        "monica_sam": Recipe(
+            source="PyJulie/MONICA main.py, losses/get_loss.py ('SAM': LDAMLoss + first_step/second_step); "
+                   "SAM: Foret et al., ICLR 2021 (davda54/sam)",
+            train={"optimizer": "sam"},
+            note="ρ stays sam_rho (0.05); MONICA steps it per epoch (utils.adjust_rho: 0.05, 0.1 from epoch 6, 0.5 "
+                 "from 61) and updates BatchNorm statistics in both passes; its base optimiser and lr are its "
+                 "config's, here the benchmark's SGD")}
 
     def __init__(
         self,

@@ -221,3 +221,15 @@ def test_a_subclass_that_changes_the_loss_alone_has_no_per_sample_losses():
             return super().loss(logits, labels) ** 2
 
     assert CrossEntropy().has_sample_losses() and not Squared().has_sample_losses()
+
+
+def test_a_benchmark_row_runs_monicas_sam_row_through_its_recipe(tmp_path):
+    from ltbench.bench.file import load_benchmark
+
+    path = tmp_path / "b.yaml"
+    path.write_text("name: b\ndataset: {name: synthetic}\nsplit: {kind: grouped, seed: 0}\n"
+                    "train: {backbone: small-cnn, image_size: 16, epochs: 2, device: cpu}\nseeds: [0]\n"
+                    "methods:\n  ldam_drw: {}\n  ldam_drw_sam: {method: ldam_drw, recipe: monica_sam}\n")
+    bench = load_benchmark(path)
+    assert bench.row_config(bench.methods["ldam_drw_sam"]).optimizer == "sam"
+    assert bench.row_config(bench.methods["ldam_drw"]).optimizer == "sgd"

@@ -144,6 +144,14 @@ class RareSampleGenerator(nn.Module):
                     target = torch.cat((target, target_tail[tail]), dim=0)
         return feature_maps, loss_cesc, loss_mv_total / segment, target
 
+    def official_forward(self, feature_maps: Tensor, head_class_lists, target: Tensor,
+                         epoch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The official call ``RSG.forward(feature_maps, head_class_lists, target, epoch)``."""
+        heads = torch.zeros_like(self.head_classes)
+        heads[list(head_class_lists)] = True
+        self.head_classes.copy_(heads)
+        return self(feature_maps, target, epoch)
+
     def _transfer(self, head_maps: Tensor, head_target: Tensor, tail_maps: Tensor, tail_target: Tensor,
                   h: int, w: int) -> tuple[Tensor, Tensor]:
         gamma_head = self.gamma(head_maps, head_target)

@@ -205,3 +205,14 @@ def test_fits_on_synthetic_data():
                                                              synthetic_data().bundle)
     assert all(math.isfinite(h["train_loss"]) for h in run.history)
     assert run.history[-1]["generated"] > 0
+
+
+def test_official_call_sets_the_head_classes():
+    mod = module(epoch_thresh=0, head=())
+    maps = torch.randn(6, 4, 3, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    out, _, mv, target = mod.official_forward(maps, [0, 1], y, 1)
+    assert mod.head_classes.tolist() == [True, True, False, False, False]
+    r_cesc, r_mv, r_gen, r_labels = naive_rsg(mod, maps, y, 1)
+    assert target.tolist() == y.tolist() + r_labels and out.shape[0] == 6 + len(r_gen)
+    torch.testing.assert_close(mv, r_mv, rtol=1e-10, atol=1e-10)

@@ -208,3 +208,36 @@ def test_open_clip_vit_b32_trains_one_step_and_keeps_its_text_tower_aside():
     optimizer.step()
     assert not torch.equal(backbone.body.conv1.weight, before)  # the image tower trains
     assert torch.equal(backbone.clip_model.token_embedding.weight, tower)  # the text tower does not
+
+
+def test_the_trainer_normalises_with_the_models_own_mean_and_std():
+    """timm's ViT-Ti/16 (augreg) was trained on (x − 0.5) / 0.5; ltbench's own backbones keep ImageNet's.
+    Checked on the training batches a method receives and on the evaluation transform."""
+    from ltbench import get_method_class
+    from ltbench.runs import DataSpec, prepare_data
+    from ltbench.trainer import Trainer
+    from tests.helpers import cpu_config
+
+    class Recording(get_method_class("ce")):
+        views = ("eval",)  # deterministic: the extremes are those of the pixels
+
+        def training_step(self, model, batch):
+            self.seen = getattr(self, "seen", []) + [batch.views[0].min().item(), batch.views[0].max().item()]
+            return super().training_step(model, batch)
+
+    data = prepare_data(DataSpec(dataset="synthetic", options={"num_classes": 4, "n_max": 50, "imbalance": 4.0},
+                                 split="grouped", split_seed=0), 32)
+    white = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
+    imagenet_white = (1 - 0.406) / 0.225  # the largest value of ImageNet normalisation (blue channel)
+    for backbone, normalise, top in ((VIT, "model", 1.0), (VIT, "imagenet", imagenet_white),
+                                     ("small-cnn", "model", imagenet_white)):
+        trainer = Trainer(cpu_config(backbone=backbone, image_size=32, epochs=1, batch_size=22, normalise=normalise),
+                          progress=False)
+        method = Recording()
+        trainer.fit(method, data.bundle)
+        assert trainer.eval_transform()(white).max().item() == pytest.approx(top, rel=1e-5)
+        assert min(method.seen) >= -top - 1e-5 and max(method.seen) <= top + 1e-5
+        if top == 1.0:
+            assert min(method.seen) < -0.9 and max(method.seen) > 0.9  # the range is used: (x - 0.5) / 0.5
+        else:
+            assert max(method.seen) > 1.5  # beyond what (x - 0.5) / 0.5 can give

@@ -64,6 +64,8 @@ class ZeroShotCLIP(Method):
         require_clip(backbone, self.name or "zeroshot_clip")
         text = class_text_features(backbone.encode_text, info.class_names, self.prompt)
         logit_scale = backbone.clip_model.logit_scale.detach().float().cpu().reshape(())
+        for param in backbone.parameters():  # nothing is trained: the run's trainable-parameter count is 0
+            param.requires_grad_(False)
         return ZeroShotNetwork(backbone, text.cpu(), logit_scale)
 
     def stages(self, info: TrainInfo) -> list[Stage]:

@@ -68,7 +68,8 @@ def test_zeroshot_default_prompt_is_ensemble_and_the_run_trains_nothing():
     run = trainer.fit(create_method("zeroshot_clip"), data.bundle)
     assert run.history == [{"epoch": 0, "lr": 0.0, "train_time_s": 0.0, "stage": "untrained",
                             "val": run.history[0]["val"]}] and run.best_epoch == 0
-    assert all(p.grad is None for p in trainer.model.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in trainer.model.parameters())
+    assert run.params["trainable"] == 0 < run.params["total"]
     # the tested probabilities are the softmax of the zero-shot logits of the model as built (no step taken)
     images = torch.as_tensor(data.bundle.pixels[data.split.test[:8]]).permute(0, 3, 1, 2)
     x = trainer.eval_transform()(images)

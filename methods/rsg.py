@@ -23,6 +23,13 @@ losses train the RSG module, never the backbone):
   ``view(-1, C)`` rows; averaged over the segments.
 * **Loss**: ``CE(logits of [f; generated], [y; y_tail]) + 0.1·L_cesc + 0.01·L_mv`` (``cifar_train.py``).
 
+**The ImageNet-LT script** (``imagenet_lt_train.py``, the reading MONICA's "RSG" row runs): ``loss: ldam`` — LDAM
+(``ldam_margins`` with ``ldam_max_margin = 0.3``, s = 30, unit weights) on a cosine classifier
+(``NormedLinear``, ``predict`` gives s·cos) — and ``resample: true``: from the first generating epoch the
+batches come from the ``class_balanced`` sampler (its ``ImbalancedDatasetSampler``: weights 1/n_c, with
+replacement). ltbench runs the re-sampled epochs as a second stage, so SGD momentum restarts there (the
+official keeps its optimiser).
+
 Defaults (official): n_center 15, contrastive dim 256, transfer strength 1.0, head classes the
 ``int(0.2·C)`` most frequent (``--head_tail_ratio 0.2``; ties to the lower index, as ``list.index(max)``),
 generation from 0-indexed epoch ``floor(0.8·E)`` (``--epoch_thresh 159`` of 200, 79 of 100), loss weights
@@ -54,7 +61,10 @@ from ltbench.methods._rsg import RareSampleGenerator
 from ltbench.models import Backbone
 from ltbench.recipes import Recipe
 from ltbench.registry import register_method
+from ltbench.methods.ldam_drw import ldam_loss, ldam_margins
+from ltbench.models import NormedLinear
 from ltbench.schedules import drw_switch_epoch
+from ltbench.stages import Stage
 
 
 def head_class_mask(class_counts, head_tail_ratio: float = 0.2) -> Tensor:
@@ -81,10 +91,11 @@ class RSGNetwork(nn.Module):
     """trunk → (RSG in training) → tail → Linear."""
 
     def __init__(self, backbone: Backbone, num_classes: int, head_classes: Tensor, n_center: int,
-                 contrastive_dim: int, transfer_strength: float, epoch_thresh: int) -> None:
+                 contrastive_dim: int, transfer_strength: float, epoch_thresh: int, cosine: bool = False) -> None:
         super().__init__()
         self.trunk, self.tail = backbone.split_last_stage()
-        self.classifier = nn.Linear(backbone.out_dim, num_classes)
+        self.classifier = NormedLinear(backbone.out_dim, num_classes) if cosine else nn.Linear(backbone.out_dim,
+                                                                                                num_classes)
         channels = _channels(self.trunk, getattr(backbone, "arch", "?"))
         self.rsg = RareSampleGenerator(channels, num_classes, head_classes, n_center, contrastive_dim,
                                        transfer_strength, epoch_thresh)
@@ -107,8 +118,13 @@ class RSG(Method):
 
     def __init__(self, n_center: int = 15, contrastive_dim: int = 256, head_tail_ratio: float = 0.2,
                  transfer_strength: float = 1.0, generation_fraction: float = 0.8, generation_epoch: int | None = None,
-                 cesc_weight: float = 0.1, mv_weight: float = 0.01) -> None:
+                 cesc_weight: float = 0.1, mv_weight: float = 0.01, loss: str = "ce", ldam_max_margin: float = 0.3,
+                 resample: bool = False) -> None:
         super().__init__()
+        if loss not in ("ce", "ldam"):
+            raise ValueError(f"rsg: loss must be 'ce' or 'ldam', got {loss!r}")
+        if not (isinstance(ldam_max_margin, (int, float)) and ldam_max_margin >= 0):
+            raise ValueError(f"rsg: ldam_max_margin must be a number >= 0, got {ldam_max_margin!r}")
         for name, value in (("n_center", n_center), ("contrastive_dim", contrastive_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"rsg: {name} must be a positive integer, got {value!r}")
@@ -128,15 +144,26 @@ class RSG(Method):
         self.head_tail_ratio, self.transfer_strength = head_tail_ratio, transfer_strength
         self.generation_fraction, self.generation_epoch = generation_fraction, generation_epoch
         self.cesc_weight, self.mv_weight = cesc_weight, mv_weight
+        self.loss, self.ldam_max_margin, self.resample = loss, ldam_max_margin, bool(resample)
         self.first_generation_epoch = 0
 
     def setup(self, info: TrainInfo) -> None:
         # official epoch_thresh = first generating epoch − 1 (159 of 200: generation from epoch 160)
         self.first_generation_epoch = drw_switch_epoch(info.epochs, self.generation_fraction, self.generation_epoch)
+        margins = ldam_margins(info.class_counts, self.ldam_max_margin).to(torch.float32)  # float64 -> float32
+        self.register_buffer("margins", margins.to(info.device))
+
+    def stages(self, info: TrainInfo) -> list[Stage]:
+        if not self.resample:
+            return super().stages(info)
+        first = min(self.first_generation_epoch, info.epochs)
+        return [Stage(epochs=first, samplers=("instance",), name="instance"),
+                Stage(samplers=("class_balanced",), name="resampled")]
 
     def build_model(self, backbone: Backbone, info: TrainInfo) -> nn.Module:
         return RSGNetwork(backbone, info.num_classes, head_class_mask(info.class_counts, self.head_tail_ratio),
-                          self.n_center, self.contrastive_dim, self.transfer_strength, self.first_generation_epoch - 1)
+                          self.n_center, self.contrastive_dim, self.transfer_strength, self.first_generation_epoch - 1,
+                          cosine=self.loss == "ldam")
 
     def training_step(self, model: nn.Module, batch: Batch) -> StepResult:
         maps = model.trunk(batch.views[0])
@@ -144,10 +171,17 @@ class RSG(Method):
             maps, cesc, mv, target = model.rsg(maps.float(), batch.labels, self.epoch)
         logits = model.classifier(model.tail(maps))
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            ce = F.cross_entropy(logits.float(), target)
+            if self.loss == "ldam":
+                ce = ldam_loss(logits.float(), target, self.margins, 30.0)
+            else:
+                ce = F.cross_entropy(logits.float(), target)
             loss = ce + self.cesc_weight * cesc.mean() + self.mv_weight * mv.mean()
         generated = torch.tensor(float(len(target) - len(batch.labels)))
         return loss, {"cesc": cesc.detach(), "mv": mv.detach(), "generated": generated}
+
+    def predict(self, model: nn.Module, images: Tensor) -> Tensor:
+        logits = model(images)
+        return 30.0 * logits if self.loss == "ldam" else logits  # s · cosine: the logits LDAM trains
 
     def representations(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
         return {"feature": model.tail(model.trunk(images))}

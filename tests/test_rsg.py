@@ -216,3 +216,38 @@ def test_official_call_sets_the_head_classes():
     r_cesc, r_mv, r_gen, r_labels = naive_rsg(mod, maps, y, 1)
     assert target.tolist() == y.tolist() + r_labels and out.shape[0] == 6 + len(r_gen)
     torch.testing.assert_close(mv, r_mv, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("epochs, bounds", [(100, [(0, 80), (80, 100)]), (20, [(0, 16), (16, 20)]), (2, [(0, 1), (1, 2)])])
+def test_imagenet_script_variant_resamples_from_the_first_generating_epoch(epochs, bounds):
+    from ltbench.methods.ldam_drw import ldam_margins
+    from ltbench.models import NormedLinear
+    from ltbench.stages import stage_bounds
+
+    info = TrainInfo(class_counts=(50, 20, 5), class_names=("a", "b", "c"), epochs=epochs, steps_per_epoch=1,
+                     device=CPU)
+    method = RSG(loss="ldam", resample=True)
+    method.setup(info)
+    stages = method.stages(info)
+    assert stage_bounds(stages, epochs) == bounds
+    assert [s.samplers for s in stages] == [("instance",), ("class_balanced",)]
+    torch.testing.assert_close(method.margins, ldam_margins((50, 20, 5), 0.3).float())  # max_m 0.3 (ImageNet-LT)
+    assert isinstance(method.build_model(build_backbone("small-cnn"), info).classifier, NormedLinear)
+    assert len(RSG().stages(info)) == 1  # the CIFAR script (default): one instance-sampled stage
+
+
+def test_ldam_variant_trains_on_scaled_cosine_logits():
+    counts = (50, 40, 10, 8, 6)
+    info = TrainInfo(class_counts=counts, class_names=tuple("abcde"), epochs=4, steps_per_epoch=1, device=CPU)
+    method = RSG(loss="ldam", head_tail_ratio=0.4)
+    method.setup(info)
+    torch.manual_seed(0)
+    model = method.build_model(build_backbone("small-cnn"), info).train()
+    method.on_epoch_start(3)
+    batch = Batch(views=[torch.randn(6, 3, 16, 16)], labels=torch.tensor([0, 1, 0, 2, 3, 4]), indices=torch.arange(6))
+    loss, logs = method.training_step(model, batch)
+    assert math.isfinite(loss.item()) and logs["generated"].item() > 0
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(method.predict(model, x), 30.0 * model(x))

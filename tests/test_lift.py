@@ -271,6 +271,8 @@ def test_lift_trains_only_its_adapters_and_head():
     run = trainer.fit(method, data.bundle)
     model = trainer.model
     assert math.isfinite(run.history[0]["train_loss"])
+    ours = sum(p.numel() for n, p in model.named_parameters() if ".adapter." in n or n.startswith("head."))
+    assert run.params == {"trainable": ours, "total": sum(p.numel() for p in model.parameters())}
     from ltbench.models import build_backbone
     from ltbench.trainer.loop import seed_everything
 

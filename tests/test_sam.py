@@ -233,3 +233,34 @@ def test_a_benchmark_row_runs_monicas_sam_row_through_its_recipe(tmp_path):
     bench = load_benchmark(path)
     assert bench.row_config(bench.methods["ldam_drw_sam"]).optimizer == "sam"
     assert bench.row_config(bench.methods["ldam_drw"]).optimizer == "sgd"
+
+
+@pytest.mark.parametrize("name, params, counter", [
+    ("ce", {"mixup_alpha": 0.2}, "mixup_generator_state"),  # mixup's λ and permutation: drawn once per step
+    ("moco_v2", {"queue_size": 40, "dim": 16}, "queue_ptr"),  # one enqueue per step
+    ("byol", {"hidden": 32, "dim": 16}, "ema_step"),  # one target update per step
+    ("ecl", {}, None),  # its own parameters and optimiser (proxies)
+])
+def test_a_step_changes_method_state_once_under_sam(name, params, counter, data):
+    def fit(optimizer):
+        method = create_method(name, **params)
+        run = Trainer(cpu_config(epochs=1, optimizer=optimizer), progress=False).fit(method, data.bundle)
+        assert all(math.isfinite(h["train_loss"]) for h in run.history)
+        return method, run
+    (plain, _), (sam, run), (again, rerun) = fit("sgd"), fit("sam"), fit("sam")
+    if counter is not None:
+        assert torch.equal(getattr(plain, counter), getattr(sam, counter))
+    assert (run.arrays["test_probs"] == rerun.arrays["test_probs"]).all()  # reproducible
+
+
+def test_a_methods_own_parameters_take_the_first_pass_gradient_only():
+    model, holder, sam = setup_tiny("sam")
+    holder.proxy = nn.Parameter(torch.ones(3, dtype=torch.float64))  # as ECL's proxies: never in the optimiser
+    (x, y), = batches(1)
+
+    def loss_at(m):
+        return F.cross_entropy(m(x) * holder.proxy, y)
+
+    expected = torch.autograd.grad(loss_at(model), holder.proxy)[0]  # at w, before the step
+    sam.step(lambda per_sample: (loss_at(model), {}))
+    torch.testing.assert_close(holder.proxy.grad, expected, rtol=0, atol=0)

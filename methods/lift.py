@@ -157,8 +157,12 @@ class LIFT(Method):
         return [Stage(samplers=("instance",), views=(self.view,), trains=self._trains)]
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """``CE(z + τ·log π, y)``: half-precision logits in float32, float32/float64 ones as given (the prior is
+        float32 and promotes, as ``LogitAdjustedLoss`` adds it)."""
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return lift_la_loss(logits.float(), labels, self.log_prior, self.tau)
+            return lift_la_loss(logits, labels, self.log_prior, self.tau)
 
     def training_step(self, model: nn.Module, batch: Batch) -> StepResult:
         return self.loss(model(batch.views[0]), batch.labels)

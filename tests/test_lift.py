@@ -246,7 +246,9 @@ def test_lift_loss_and_tte_predict_are_the_official_computations():
     logits = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 0, 1, 0, 1])  # classes 2 and 3 absent
     loss = method.loss(logits, labels)
+    assert loss.dtype == torch.float64  # float64 logits stay float64; only the prior is float32 (as official)
     assert loss.item() == pytest.approx(naive_la_loss(logits.detach(), labels, info.class_counts), rel=1e-6)
+    assert method.loss(logits.detach().bfloat16(), labels).dtype == torch.float32
     loss.backward()
     torch.testing.assert_close(logits.grad, naive_la_grad(logits.detach(), labels, info.class_counts),
                                rtol=1e-5, atol=1e-7)

@@ -241,3 +241,27 @@ def test_the_trainer_normalises_with_the_models_own_mean_and_std():
             assert min(method.seen) < -0.9 and max(method.seen) > 0.9  # the range is used: (x - 0.5) / 0.5
         else:
             assert max(method.seen) > 1.5  # beyond what (x - 0.5) / 0.5 can give
+
+
+def test_ltbench_train_pretrained_file_on_the_command_line(tmp_path, capsys, monkeypatch):
+    """``ltbench train --backbone timm:... --pretrained FILE`` end to end; a wrong file is one line, exit 2."""
+    import json
+
+    from tests.test_cli import run_inline
+
+    path = tmp_path / "vit_tiny.pth"
+    torch.save(_vit_state(seed=1), path)
+    args = ("train", "--method", "ce", "--dataset", "synthetic", "--backbone", VIT, "--image-size", "32",
+            "--epochs", "1", "--device", "cpu", "--threads", "1", "--set", "finetune=linear")
+    proc = run_inline(*args, "--pretrained", str(path), "--out", str(tmp_path / "out"), capsys=capsys,
+                      monkeypatch=monkeypatch, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(next((tmp_path / "out").rglob("seed0.json")).read_text())
+    assert result["config"]["pretrained"] == str(path) and result["config"]["finetune"] == "linear"
+    classes = len(result["dataset"]["class_names"])
+    assert result["params"]["trainable"] == 192 * classes + classes  # linear: the head only
+    torch.save({"not": torch.zeros(1)}, tmp_path / "junk.pth")
+    proc = run_inline(*args, "--pretrained", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "out2"),
+                      capsys=capsys, monkeypatch=monkeypatch, cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "not timm:vit_tiny_patch16_224 weights" in proc.stderr

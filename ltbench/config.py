@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -234,7 +234,9 @@ def dataset_option_settings(dataset: str) -> tuple[dict[str, Setting], bool]:
     """The dataset loader's keywords (``data_root`` is its own option)."""
     from ltbench.data.datasets import get_dataset
 
-    return settings_of(get_dataset(dataset).load, ("self", "data_root"))
+    spec = get_dataset(dataset)
+    settings, open_ended = settings_of(spec.load, ("self", "data_root"))
+    return {k: replace(s, rule=spec.option_rules.get(k, s.rule)) for k, s in settings.items()}, open_ended
 
 
 def method_params(method: str, params: Mapping, label: Label, text: bool = False) -> dict:
@@ -316,6 +318,9 @@ def check_environment(config: Any, sources: Mapping[str, Layer] | None = None) -
         if not Path(weights).expanduser().is_file():
             raise LtbenchError(f"{where('pretrained')}: no such file (give imagenet, hub, hub:<tag>, hf-hub:<org>/<repo>, "
                                "a URL or a .pth file)")
+        from ltbench.models.build import check_pretrained_file
+
+        check_pretrained_file(config.backbone, weights, where("pretrained"))  # loads (weights_only) and fits, now
     if config.finetune in ("lora", "adaptformer", "vpt") and not config.backbone.startswith(("timm:", "open_clip:")):
         raise LtbenchError(f"{where('finetune')}: needs a transformer backbone (timm: or open_clip:), "
                            f"not {config.backbone}")

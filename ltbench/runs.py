@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,7 +25,7 @@ from ltbench.data.datasets import get_dataset, load_dataset
 from ltbench.data.geometry import ViewGeometry
 from ltbench.store.checkpoint import CheckpointStore, hook
 from ltbench.store.claims import Claim
-from ltbench.errors import LtbenchError
+from ltbench.errors import InputError, LtbenchError
 from ltbench.store.files import atomic_write
 from ltbench.method import Method
 from ltbench.registry import create_method
@@ -250,10 +251,27 @@ class RunFailed(LtbenchError):
     """A run whose training raised or whose loss became NaN/inf; ``record`` is its failure record."""
 
     def __init__(self, record: dict) -> None:
-        when = "before training" if record["epoch"] is None else f"in epoch {record['epoch']}"
-        super().__init__(f"run {record['method']} seed {record['seed']} failed {when}: "
-                         f"{record['reason']} (traceback: {record['log_path']})")
+        super().__init__(f"run {record['method']} seed {record['seed']} {failure_text(record)}")
         self.record = record
+
+
+def failure_text(record: dict) -> str:
+    """How a failure record reads in one line: when it failed, why, whether it is a replay, where its log is.
+
+    A replayed record (``previous``) says so, with its file and time: the run is not trained again
+    until ``--retry-failed``. A run whose process died (``lost``: killed, out of memory) says how, not
+    "before training".
+    """
+    if record.get("lost"):
+        head = f"FAILED: {record['reason']}"  # the reason says how the process ended (killed by SIGKILL, ...)
+    else:
+        when = "before training" if record.get("epoch") is None else f"in epoch {record['epoch']}"
+        head = f"FAILED {when}: {record['reason']}"
+    if record.get("previous"):
+        head += (f" (replaying the failure recorded in {record.get('record_path', 'its .failed.json')} at "
+                 f"{record.get('recorded_at', '?')}; --retry-failed retrains it)")
+    what = "log" if record.get("lost") else "traceback"
+    return f"{head}; {what}: {record.get('log_path', '?')}"
 
 
 class StaleResult(LtbenchError):
@@ -276,12 +294,20 @@ def failure_paths(out_dir: Path, method: str, seed: int) -> tuple[Path, Path]:
 
 
 def read_failure(out_dir: Path, method: str, seed: int) -> dict | None:
+    """The run's failure record with where and when it was recorded (``record_path``, ``recorded_at``), or None.
+
+    Absent, unreadable or incomplete (never by ltbench: written atomically): None, the run is retried.
+    """
     path, _ = failure_paths(out_dir, method, seed)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None  # absent, or (never by ltbench: written atomically) unreadable: the run is retried
-    return record if isinstance(record, dict) else None
+        when = record.get("time") or time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(path.stat().st_mtime))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    epoch = record.get("epoch")
+    if not isinstance(record.get("reason"), str) or not (epoch is None or isinstance(epoch, int)):
+        return None
+    return {**record, "record_path": str(path), "recorded_at": str(when)}
 
 
 def _storage_error(exc: OSError) -> LtbenchError:
@@ -431,8 +457,8 @@ def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, 
                 raise LtbenchError("retrieval: Trainer.fit left no trained model (Trainer.model)")
             found = retrieval_pass(method, trainer.model, prepared, config, embedding_path(json_path), retrieval,
                                    trainer.device)
-    except (OSError, KeyboardInterrupt, SystemExit):
-        raise  # the machine's problem (a full disk) or the user's: not the run's failure
+    except (OSError, KeyboardInterrupt, SystemExit, InputError):
+        raise  # the machine's problem (a full disk), the user's (a bad weights file, ^C): not the run's failure
     except Exception as exc:
         import traceback
 
@@ -440,7 +466,7 @@ def _run_claimed(method: Method, method_name: str, full_params: dict, key: str, 
         record = {"schema": SCHEMA_VERSION, "status": "failed", "run_key": key, "benchmark": benchmark,
                   "method": row, "registered_method": method_name, "seed": seed, "epoch": trainer.epoch,
                   "reason": f"{type(exc).__name__}: {reason}" if not isinstance(exc, LtbenchError) else reason,
-                  "log": log_path.name}
+                  "log": log_path.name, "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
         atomic_write(log_path, f"run {row} seed {seed} (run key {key}) failed in epoch {trainer.epoch}\n\n"
                      + traceback.format_exc())
         atomic_write(failed_path, json.dumps(record, indent=1))

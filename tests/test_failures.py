@@ -79,11 +79,13 @@ def test_a_nan_run_and_a_raising_run_are_recorded_and_the_bench_goes_on(tmp_path
 
     # A rerun reports the recorded failure again without training it; --retry-failed reruns it.
     again = cli("bench", "--benchmark", str(bench), "--out", str(out), "--quiet", "--seeds", "0", "--methods", "test-nan,ce")
-    assert again.returncode == 2 and "recorded earlier; --retry-failed reruns it" in again.stdout
+    record = out / "runs" / "test-nan" / "seed0.failed.json"
+    replay = f"(replaying the failure recorded in {record} at {json.loads(record.read_text())['time']}; --retry-failed"
+    assert again.returncode == 2 and replay + " retrains it)" in again.stdout
     assert "0 run(s) trained, 1 skipped; 1 failed" in again.stdout
     retried = cli("bench", "--benchmark", str(bench), "--out", str(out), "--quiet", "--seeds", "0",
                   "--methods", "test-nan", "--retry-failed")
-    assert retried.returncode == 2 and "recorded earlier" not in retried.stdout
+    assert retried.returncode == 2 and "replaying" not in retried.stdout
     assert "FAILED in epoch 1" in retried.stdout  # trained again (resumed from its epoch-0 checkpoint)
 
 

@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -244,3 +245,150 @@ def test_a_run_killed_while_checkpointing_leaves_no_temp_and_no_prev(tmp_path: P
     assert sorted(p.name for p in run.iterdir()) == ["seed0.ckpt", "seed0.json", "seed0.npz"]
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [*run.iterdir(), tmp_path / "out" / "summary.md"]}
     assert set(modes.values()) == {0o644}, modes
+
+
+# ------------------------------------------------------------------------------- --pretrained FILE
+
+def _weights(tmp_path: Path) -> dict[str, Path]:
+    """Weights files as a user may hold them: fine, and damaged in the ways issue 21 met."""
+    import torch
+    import torchvision
+
+    good = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), good)
+    data = good.read_bytes()
+    files = {"good": good}
+    for name, content in {"text": b"hello, not weights\n", "empty": b"", "truncated": data[: len(data) // 2]}.items():
+        files[name] = tmp_path / f"{name}.pth"
+        files[name].write_bytes(content)
+    files["not a state dict"] = tmp_path / "dict.pth"
+    torch.save({"epoch": 3}, files["not a state dict"])
+    files["resnet34"] = tmp_path / "r34.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), files["resnet34"])
+    return files
+
+
+WEIGHTS_PROBLEMS = {
+    "text": "not a PyTorch state dict (not a file torch.save writes: it starts with b'hell')",
+    "empty": "an empty file (0 bytes), not a PyTorch state dict",
+    "truncated": "not a PyTorch state dict (a damaged or truncated torch.save archive: PytorchStreamReader failed",
+    "not a state dict": "not a state dict: entry 'epoch' is a int, not a tensor",
+    "resnet34": "not resnet18 weights (missing [], unexpected ['layer1.2.conv1.weight'",
+}
+
+
+def test_a_bad_weights_file_is_one_line_before_any_data_and_never_a_recorded_failure(tmp_path: Path, cli) -> None:
+    files = _weights(tmp_path)
+    bench = tmp_path / "b.yaml"
+    out = tmp_path / "out"
+    for case, fragment in WEIGHTS_PROBLEMS.items():
+        bench.write_text(BENCH.replace("small-cnn", "resnet18").replace("seeds: [0, 1]", "seeds: [0]")
+                         .replace("device: cpu", f"device: cpu, pretrained: {files[case]}"))
+        proc = cli("bench", "--benchmark", str(bench), "--out", str(out), "--quiet")
+        assert_one_line_error(proc, f"{bench}: train.pretrained = '{files[case]}': {fragment}")
+        assert "(101)" not in proc.stderr and not out.exists()  # no data prepared, no run recorded as failed
+        trained = cli("train", "--method", "ce", "--dataset", "synthetic", "--backbone", "resnet18", "--epochs", "1",
+                      "--pretrained", str(files[case]), "--out", str(tmp_path / "train"))
+        assert_one_line_error(trained, f"--pretrained {files[case]}: {fragment}")
+    # the file fixed (same name), the bench trains: nothing was recorded to replay
+    files["good"].replace(files["resnet34"])
+    proc = cli("bench", "--benchmark", str(bench), "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 run(s) trained" in proc.stdout and not list(out.glob("runs/*/*.failed.json"))
+
+
+def test_a_weights_file_damaged_while_the_bench_runs_stops_it_and_is_not_recorded(tmp_path: Path) -> None:
+    """The file was fine when the settings were read and is damaged when the run builds its model."""
+    from ltbench.errors import InputError
+    from ltbench.runs import DataSpec, failure_paths, prepare_data, run_one
+    from ltbench.trainer import TrainConfig
+
+    bad = tmp_path / "w.pth"
+    bad.write_bytes(b"\x80\x02garbage that unpickles to nothing")
+    spec = DataSpec(dataset="synthetic")
+    config = TrainConfig(backbone="resnet18", pretrained=str(bad), image_size=16, epochs=1, batch_size=32,
+                         device="cpu")
+    with pytest.raises(InputError, match=f"--pretrained {bad}: not a PyTorch state dict"):
+        run_one("ce", {}, 0, config, spec, prepare_data(spec, 16), tmp_path / "out", progress=False)
+    record, log = failure_paths(tmp_path / "out", "ce", 0)
+    assert not record.exists() and not log.exists()
+
+
+# ------------------------------------------------------------------------------- unclear messages
+
+@pytest.mark.parametrize("change,fragment", [
+    (lambda lines: [lines[0]] + [line + ",0.0" for line in lines[1:]], "line 2 has 9 fields, the header 8"),
+    (lambda lines: lines[:3] + [lines[3].rsplit(",", 2)[0]] + lines[4:], "line 4 has 6 fields, the header 8"),
+    (lambda lines: lines[:3] + [lines[3] + ",1.0"] + lines[4:], "line 4 has 9 fields, the header 8"),
+])
+def test_a_ragged_csv_row_is_named_as_ragged_not_as_a_duplicate(tmp_path: Path, cli, change, fragment) -> None:
+    from tests.test_cli import T18
+
+    root = _isic_root(tmp_path)
+    csv = root / f"{T18}_Training_GroundTruth.csv"
+    csv.write_text("\n".join(change(csv.read_text().splitlines())) + "\n")
+    proc = cli("data", "prepare", "--dataset", "isic2018", "--data-root", str(root), "--image-size", "16")
+    assert_one_line_error(proc, f"{csv}: {fragment}: a missing or extra comma")
+    assert "more than once" not in proc.stderr
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (b"", "an empty file (0 bytes)"),
+    (b"GIF87a but not really an image", "not an image format PIL can read (30 bytes starting b'GIF87a b')"),
+])
+def test_an_unreadable_image_is_named_without_a_python_object(tmp_path: Path, cli, content, fragment) -> None:
+    from tests.test_cli import T18
+
+    root = _isic_root(tmp_path)
+    image = sorted((root / f"{T18}_Training_Input").glob("*.jpg"))[0]
+    image.write_bytes(content)
+    proc = cli("data", "prepare", "--dataset", "isic2018", "--data-root", str(root), "--image-size", "16")
+    assert_one_line_error(proc, f"cannot decode image {image}: {fragment}")
+    assert "BytesIO" not in proc.stderr
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (("dataset: {name: synthetic}", "dataset: {name: digits-lt, options: {imbalance: 0.5}}"),
+     "dataset.options.imbalance = 0.5: must be at least 1 (the largest training class over the smallest)"),
+    (("methods: [ce]", "methods: [ce]\nreferences: {source: paper, values: {ce: {acc: 50}}}"),
+     "references.tolerance: missing; give the points a published number may differ by before it is flagged"),
+])
+def test_a_bad_value_names_its_file_and_key(tmp_path: Path, cli, change, fragment) -> None:
+    bench = tmp_path / "b.yaml"
+    bench.write_text(BENCH.replace(*change))
+    assert_one_line_error(cli("bench", "--benchmark", str(bench), "--out", str(tmp_path / "out")), f"{bench}: {fragment}")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc to find the worker processes")
+def test_a_worker_killed_mid_run_is_reported_as_killed_with_its_signal(tmp_path: Path) -> None:
+    """SIGKILL of one --jobs 2 worker while it trains: its run says so (not "FAILED before training")."""
+    from tests.test_orphans import _cmdline, _descendants
+
+    bench = tmp_path / "b.yaml"
+    bench.write_text(BENCH.replace("epochs: 1", "epochs: 40"))
+    out = tmp_path / "out"
+    env = {**os.environ, "LTBENCH_CACHE": str(tmp_path / ".cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "ltbench.cli", "bench", "--benchmark", str(bench), "--out", str(out),
+                             "--quiet", "--jobs", "2", "--threads", "1"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("runs/ce/seed*.ckpt")):  # a worker has finished an epoch: it is mid-run
+            assert time.monotonic() < deadline and proc.poll() is None, "no worker started training"
+            time.sleep(0.1)
+        workers = [pid for pid in _descendants(proc.pid) if "spawn_main" in _cmdline(pid)]
+        assert workers
+        os.kill(workers[0], signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in stdout.splitlines() if "FAILED" in line]
+    assert len(lines) == 1, stdout
+    assert "was killed by SIGKILL (signal 9) while training it; rerun the bench to resume it" in lines[0]
+    assert "before training" not in lines[0]
+    assert "was killed by SIGKILL (signal 9)" in (out / "summary.md").read_text()
+    assert "before training" not in (out / "summary.md").read_text()

@@ -25,7 +25,7 @@ from ltbench.report import leak_text, write_report
 from ltbench.report.groups import class_groups
 from ltbench.report.references import write_settings
 from ltbench.runs import (RunClaimed, RunFailed, StaleResult, check_cache_dir, check_methods_on_data, check_out_dir,
-                          prepare_data, read_result, result_paths, run_one, write_split)
+                          failure_text, prepare_data, read_result, result_paths, run_one, write_split)
 
 
 def _warn(message: str) -> None:
@@ -94,10 +94,7 @@ def _train_rows(bench: Benchmark, out_dir: Path, prepared, *, progress: bool, ec
         except RunFailed as exc:  # isolated: recorded next to the run, the bench goes on
             counter["done"] += 1
             failures.append(exc.record)
-            again = " (recorded earlier; --retry-failed reruns it)" if exc.record.get("previous") else ""
-            when = "before training" if exc.record["epoch"] is None else f"in epoch {exc.record['epoch']}"
-            echo(f"[{counter['done']}/{total}] {name} seed {seed}: FAILED {when}: "
-                 f"{exc.record['reason']}{again}; traceback: {exc.record['log_path']}")
+            echo(f"[{counter['done']}/{total}] {name} seed {seed}: {failure_text(exc.record)}")
         except StaleResult as exc:
             counter["done"] += 1
             stale.append({"method": name, "seed": seed, "path": str(exc.path), "stored_key": exc.stored,

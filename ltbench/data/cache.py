@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ltbench.data.base import ImageSet
@@ -148,7 +148,12 @@ def read_image(path: Path, size: int) -> Decoded:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         # PIL raises OSError subclasses (UnidentifiedImageError, "image file is truncated") and
         # occasionally ValueError/SyntaxError on corrupt headers.
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not data:
+            reason = "an empty file (0 bytes)"
+        elif isinstance(e, UnidentifiedImageError):  # its text names our BytesIO object, not the file
+            reason = f"not an image format PIL can read ({len(data)} bytes starting {data[:8]!r})"
+        else:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise LtbenchError(f"cannot decode image {path}: {reason}") from None
 
 

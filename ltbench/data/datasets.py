@@ -41,6 +41,9 @@ class DatasetSpec:
     version: int = 1
     # The flips and rotations its labels survive: training views drop the others.
     geometry: ViewGeometry = DEFAULT_GEOMETRY
+    # A rule per loader keyword (problem text or None), checked where the option is read (the benchmark
+    # file's dataset.options), so a bad value is named by file and key before anything is loaded.
+    option_rules: Mapping[str, Callable[[object], str | None]] = field(default_factory=dict)
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -63,7 +66,8 @@ SYNTHETIC_PROTOCOL = {"backbone": "small-cnn", "image_size": 16, "epochs": 10, "
 
 def register_dataset(name: str, description: str, needs_root: bool = False, default_split: str = "grouped",
                      protocol: Mapping[str, object] | None = None, version: int = 1,
-                     geometry: ViewGeometry = DEFAULT_GEOMETRY):
+                     geometry: ViewGeometry = DEFAULT_GEOMETRY,
+                     option_rules: Mapping[str, Callable[[object], str | None]] | None = None):
     """Register a loader; ``protocol`` = the TrainConfig fields a run on it uses by default;
     ``geometry`` = the flips and rotations its labels survive (default: a horizontal flip only)."""
     if not isinstance(geometry, ViewGeometry):
@@ -73,7 +77,7 @@ def register_dataset(name: str, description: str, needs_root: bool = False, defa
         if name in DATASETS:
             raise ValueError(f"dataset {name!r} is already registered")
         DATASETS[name] = DatasetSpec(name, fn, description, needs_root, default_split, dict(protocol or {}), version,
-                                     geometry)
+                                     geometry, dict(option_rules or {}))
         return fn
 
     return decorate
@@ -102,16 +106,24 @@ def load_dataset(name: str, data_root: str | Path | None = None, **options) -> I
         raise LtbenchError(f"dataset {name!r}: bad options {options}: {exc}") from None
 
 
+def _imbalance_rule(value) -> str | None:
+    return None if value >= 1 else "must be at least 1 (the largest training class over the smallest)"
+
+
+_LONG_TAIL_RULES = {"imbalance": _imbalance_rule}
+
+
 def long_tail_counts(n_max: int, num_classes: int, imbalance: float) -> list[int]:
     """Exponential profile of CIFAR-LT: class c keeps ``int(n_max · imbalance^(-c/(C-1)))``."""
-    if imbalance < 1:
-        raise LtbenchError(f"imbalance must be >= 1, got {imbalance}")
+    problem = _imbalance_rule(imbalance)
+    if problem:
+        raise LtbenchError(f"dataset option imbalance = {imbalance!r}: {problem}")
     return [int(n_max * imbalance ** (-c / (num_classes - 1))) for c in range(num_classes)]
 
 
 @register_dataset("digits-lt", "scikit-learn's real 8x8 handwritten digits: balanced val/test, long-tailed train "
                   "(offline default)", default_split="official", protocol=DIGITS_PROTOCOL, version=3,
-                  geometry=DIGITS_GEOMETRY)
+                  geometry=DIGITS_GEOMETRY, option_rules=_LONG_TAIL_RULES)
 def load_digits_lt(imbalance: float = 10.0, seed: int = 0, val_per_class: int = 20,
                    test_per_class: int = 30) -> ImageSet:
     """Balanced validation and test sets drawn first, then only the training rest made long-tailed.
@@ -163,7 +175,7 @@ def load_digits_lt(imbalance: float = 10.0, seed: int = 0, val_per_class: int = 
 
 # Its class is its colour, which no flip or rotation changes: every view as it is.
 @register_dataset("synthetic", "seeded coloured squares with a long-tailed profile (unit tests only)",
-                  protocol=SYNTHETIC_PROTOCOL, geometry=ANY_GEOMETRY)
+                  protocol=SYNTHETIC_PROTOCOL, geometry=ANY_GEOMETRY, option_rules=_LONG_TAIL_RULES)
 def load_synthetic(num_classes: int = 4, n_max: int = 80, imbalance: float = 5.0, size: int = 16,
                    seed: int = 0) -> ImageSet:
     rng = np.random.default_rng(seed)

@@ -12,6 +12,7 @@ Layouts (docs/spec data.md; https://challenge.isic-archive.com/data/):
 """
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     """Read a CSV as strings with stripped headers and cells; error if a required column is absent."""
     if not path.is_file():
         raise LtbenchError(f"{path}: file not found")
+    _check_ragged(path)
     try:
         # dtype=str keeps ids like "ISIC_0000000" intact; pandas handles CRLF line ends itself;
         # utf-8-sig drops the byte-order mark spreadsheet programs put before "image".
@@ -50,6 +52,25 @@ def read_csv(path: Path, required: list[str]) -> pd.DataFrame:
             f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(df.columns)})"
         )
     return df
+
+
+def _check_ragged(path: Path) -> None:
+    """Every row has as many fields as the header: else one line naming it (issue 21).
+
+    pandas takes a file whose rows all have one field more than the header as one with an index
+    column, shifting every value (the class values then read as duplicate image ids), and reads a
+    short row's missing fields as empty cells.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+            reader = csv.reader(fh, skipinitialspace=True)
+            header = next(reader, None)
+            for row in reader if header is not None else ():
+                if row and len(row) != len(header) and any(cell.strip() for cell in row):
+                    raise LtbenchError(f"{path}: line {reader.line_num} has {len(row)} fields, the header "
+                                       f"{len(header)}: a missing or extra comma")
+    except (OSError, csv.Error) as exc:
+        raise LtbenchError(f"{path}: cannot parse CSV: {str(exc).splitlines()[0] if str(exc) else exc}") from None
 
 
 def read_onehot_csv(path: Path, classes: list[str]) -> tuple[list[str], np.ndarray]:

@@ -343,13 +343,11 @@ class Tally:
         self.running.discard(task)
         self.done += 1
         self.failures.append(record)
-        again = " (recorded earlier; --retry-failed reruns it)" if record.get("previous") else ""
-        when = "before training" if record.get("epoch") is None else f"in epoch {record['epoch']}"
+        from ltbench.runs import failure_text  # (a replay names its record; a dead process says how it ended)
+
         extra = f"; log: {log}" if log and log != record.get("log_path") else ""
         suffix = f" [{where}]" if where else ""
-        what = "log" if record.get("lost") else "traceback"
-        self._say(f"[{self.done}/{self.total}] {task}: FAILED {when}: {record['reason']}{again}; "
-                  f"{what}: {record['log_path']}{extra}{suffix}")
+        self._say(f"[{self.done}/{self.total}] {task}: {failure_text(record)}{extra}{suffix}")
 
     def stale_result(self, task: Task, path: str, stored: str, current: str, message: str) -> None:
         self.running.discard(task)

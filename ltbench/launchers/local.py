@@ -226,8 +226,10 @@ class _Pool:
             self.workers.pop(wid)
             code = worker.process.exitcode
             if worker.task is not None:
-                self.tally.lost(worker.task, f"worker {wid} died (exit code {code}) while training it; "
-                                "rerun the bench to train it again", str(worker.log), worker.where)
+                how = (f"was killed by {_signal_name(-code)}" if code is not None and code < 0
+                       else f"died (exit code {code})")  # a signal is known from the exit code (multiprocessing's -N)
+                self.tally.lost(worker.task, f"worker {wid} {how} while training it; rerun the bench to resume it "
+                                "from its last checkpoint", str(worker.log), worker.where)
                 worker.task = None
             elif not worker.ready and not pending:
                 continue
@@ -255,6 +257,16 @@ class _Pool:
             worker.inbox.join_thread()
         self.outbox.close()
         self.outbox.join_thread()
+
+
+def _signal_name(number: int) -> str:
+    """``SIGKILL (signal 9)``; an unknown number as ``signal N``."""
+    import signal
+
+    try:
+        return f"{signal.Signals(number).name} (signal {number})"
+    except ValueError:
+        return f"signal {number}"
 
 
 def _with_device(config, device: str):

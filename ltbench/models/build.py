@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ltbench.errors import LtbenchError
 from ltbench.models.backbone import Backbone
-from ltbench.models.resnet import OWN_BACKBONES, build_own_backbone
+from ltbench.models.resnet import OWN_BACKBONES, RESNETS, build_own_backbone, check_resnet_weights
+from ltbench.models.weights import read_weights_file
 
 #: Name prefixes of hub backbones: any timm model, the image tower of any open_clip model.
 HUB_PREFIXES = ("timm:", "open_clip:")
@@ -19,6 +20,33 @@ def backbone_problem(name: str) -> str | None:
             return None if name[len(prefix):].strip() else f"give the model after {prefix} (e.g. {prefix}" \
                 f"{'vit_base_patch16_224' if prefix == 'timm:' else 'ViT-B-16'})"
     return f"choose one of {', '.join(BACKBONES)}"
+
+
+def check_pretrained_file(backbone: str, source: str, label: str) -> None:
+    """A local ``pretrained`` file, checked when the settings are read (before any data is prepared).
+
+    It must load as a state dict with ``weights_only=True``; for ltbench's own ResNets its names and
+    shapes must fit the architecture (a hub model's are checked when it is built). Each distinct
+    (backbone, file, size, mtime) is checked once per process. Problems: one ``InputError`` line.
+    """
+    from pathlib import Path
+
+    path = Path(source).expanduser()
+    try:
+        st = path.stat()
+    except OSError:
+        return  # the caller says "no such file"
+    key = (backbone, str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _CHECKED:
+        return
+    if backbone in RESNETS:
+        check_resnet_weights(backbone, source, label)
+    else:
+        read_weights_file(source, label)
+    _CHECKED.add(key)
+
+
+_CHECKED: set[tuple] = set()
 
 
 def build_backbone(name: str, pretrained: str | None = None, image_size: int | None = None) -> Backbone:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ltbench.errors import LtbenchError
+from ltbench.errors import InputError, LtbenchError
 from ltbench.models.backbone import Backbone, check_blocks
-from ltbench.models.weights import load_weights
+from ltbench.models.weights import load_weights, read_weights_file
 
 # torchvision is imported only when a ResNet is built: it costs seconds at every CLI start.
 # ImageNet weights: IMAGENET1K_V1, what `pretrained=True` gives in the reference codebases (ECL).
@@ -80,16 +80,26 @@ def build_own_backbone(name: str, pretrained: str | None = None) -> Backbone:
     return ResNetBackbone(net, dim, name)
 
 
-def _load_resnet(net: nn.Module, state: dict[str, Tensor], name: str, pretrained: str) -> None:
+def _load_resnet(net: nn.Module, state: dict[str, Tensor], name: str, pretrained: str,
+                 label: str | None = None) -> None:
+    label = label or f"--pretrained {pretrained}"
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches: another architecture's weights
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise LtbenchError(f"--pretrained {pretrained}: not {name} weights ({first})") from None
+        raise InputError(f"{label}: not {name} weights ({first})") from None
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
-        raise LtbenchError(
-            f"--pretrained {pretrained}: not {name} weights "
+        raise InputError(
+            f"{label}: not {name} weights "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+
+
+def check_resnet_weights(name: str, source: str, label: str) -> None:
+    """A local weights file fits the torchvision ResNet ``name`` (names and shapes), before any data is read."""
+    import torchvision
+
+    state = read_weights_file(source, label)
+    _load_resnet(getattr(torchvision.models, RESNETS[name][0])(weights=None), state, name, source, label)

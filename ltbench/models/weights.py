@@ -2,40 +2,103 @@
 from __future__ import annotations
 
 import urllib.error
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from ltbench.errors import LtbenchError
+from ltbench.errors import InputError
 
 if TYPE_CHECKING:
     import torchvision
 
 
 def load_weights(source: str, weights: "torchvision.models.WeightsEnum | None" = None) -> dict[str, Tensor]:
-    """Read a state dict from "imagenet" (torchvision's URL of ``weights``), an http(s) URL or a local file."""
+    """Read a state dict from "imagenet" (torchvision's URL of ``weights``), an http(s) URL or a local file.
+
+    Every problem is an :class:`~ltbench.errors.InputError` (one line): the user's file or network,
+    never recorded as a run's failure.
+    """
     url = weights.url if source == "imagenet" and weights is not None else source
     if url.startswith(("http://", "https://")):
         try:
             state = torch.hub.load_state_dict_from_url(url, progress=True, map_location="cpu")
         except (urllib.error.URLError, OSError, RuntimeError) as exc:
             cache = Path(torch.hub.get_dir()) / "checkpoints"
-            raise LtbenchError(
-                f"--pretrained {source}: cannot download {url} ({exc}); download it elsewhere and "
+            raise InputError(
+                f"--pretrained {source}: cannot download {url} ({_first_line(exc)}); download it elsewhere and "
                 f"pass --pretrained /path/to/{Path(url).name}, or put it in {cache}"
             ) from None
-    else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise LtbenchError(f"--pretrained {source}: no such file (give 'imagenet', a URL or a .pth file)")
+        return _state_dict(state, f"--pretrained {source}")
+    return read_weights_file(source)
+
+
+def read_weights_file(source: str, label: str | None = None) -> dict[str, Tensor]:
+    """A local weights file as a state dict, loaded with ``weights_only=True``; one line per problem.
+
+    ``label`` names the setting in messages (default ``--pretrained <source>``). Read once per
+    (path, size, mtime): the config check and the run share the load.
+    """
+    label = label or f"--pretrained {source}"
+    path = Path(source).expanduser()
+    try:
+        st = path.stat()
+    except OSError:
+        raise InputError(f"{label}: no such file (give 'imagenet', a URL or a .pth file)") from None
+    if not path.is_file():
+        raise InputError(f"{label}: not a file")
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _READ:
+        if st.st_size == 0:
+            raise InputError(f"{label}: an empty file (0 bytes), not a PyTorch state dict")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise LtbenchError(f"--pretrained {source}: not a PyTorch state dict ({exc})") from None
+            with warnings.catch_warnings():  # torch's notes on pickle protocols: the line below says it all
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types here; each becomes one line naming the file
+            raise InputError(f"{label}: not a PyTorch state dict ({_load_problem(exc, path)})") from None
+        _READ.clear()  # keep one file's tensors at most
+        _READ[key] = _state_dict(state, label)
+    return _READ[key]
+
+
+_READ: dict[tuple, dict[str, Tensor]] = {}
+
+
+def _state_dict(state: object, label: str) -> dict[str, Tensor]:
+    """``state`` (or its ``state_dict`` entry) if it maps names to tensors."""
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise LtbenchError(f"--pretrained {source}: the file holds no state dict")
+    if not isinstance(state, dict) or not state:
+        raise InputError(f"{label}: the file holds no state dict (a {type(state).__name__}"
+                         f"{', empty' if isinstance(state, dict) else ''})")
+    bad = next(((k, v) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)), None)
+    if bad is not None:
+        raise InputError(f"{label}: not a state dict: entry {bad[0]!r} is a {type(bad[1]).__name__}, not a tensor")
     return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load_problem(exc: Exception, path: Path) -> str:
+    """What torch.load's exception means, in words (its own text may be a bare number or many lines)."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    if magic.startswith(b"PK"):  # torch.save's zip format
+        return f"a damaged or truncated torch.save archive: {_first_line(exc).split('. ')[0][:160]}"
+    if not magic.startswith(b"\x80"):  # neither a zip nor a pickle (protocol >= 2 starts with 0x80)
+        return f"not a file torch.save writes: it starts with {magic!r}"
+    if "Weights only load failed" in str(exc):
+        return "it holds Python objects besides tensors; ltbench loads weights with torch.load(weights_only=True)"
+    first = _first_line(exc)
+    if not any(ch.isalpha() for ch in first) or len(first) < 8:  # e.g. "(174812789)": a KeyError of a byte value
+        return f"not written by torch.save ({type(exc).__name__} while unpickling)"
+    return first[:200]

@@ -65,6 +65,9 @@ def parse_references(raw: object, where: str, rows: Sequence[str] | None = None)
     note = raw.get("note", "")
     if not isinstance(note, str):
         raise LtbenchError(f"{where}: references.note = {note!r}: expected text")
+    if raw.get("tolerance") is None:  # absent (or null): say so, not "= None"
+        raise LtbenchError(f"{where}: references.tolerance: missing; give the points a published number may differ "
+                           "by before it is flagged (a number, 0 or more)")
     tolerance = _number(raw.get("tolerance"))
     if tolerance is None or not math.isfinite(tolerance) or tolerance < 0:
         raise LtbenchError(f"{where}: references.tolerance = {raw.get('tolerance')!r}: expected a number of "

@@ -320,6 +320,7 @@ def with_failures(summary: pd.DataFrame, failures: Sequence[dict], order: Sequen
     notes: dict[str, list[str]] = {}
     for f in sorted(failures, key=lambda f: (str(f["method"]), f["seed"])):
         notes.setdefault(str(f["method"]), []).append(
+            f"seed {f['seed']}: {f['reason']}" if f.get("lost") else  # a dead worker: not "before training"
             f"seed {f['seed']}: {'before training' if f['epoch'] is None else 'epoch ' + str(f['epoch'])}, {f['reason']}")
     extra = [{"method": m, "n_seeds": 0} for m in notes if m not in set(summary["method"])]
     table = pd.concat([summary, pd.DataFrame(extra)], ignore_index=True) if extra else summary.copy()

@@ -64,8 +64,8 @@ def data():
 
 
 def _config(mode: str, **overrides):
-    return cpu_config(backbone=VIT, image_size=32, epochs=1, batch_size=22, finetune=mode, finetune_blocks=2,
-                      **overrides)
+    return cpu_config(**{"backbone": VIT, "image_size": 32, "epochs": 1, "batch_size": 22, "finetune": mode,
+                         "finetune_blocks": 2, **overrides})
 
 
 @pytest.mark.parametrize("mode", ["full", "linear", "partial", "lora", "adaptformer", "vpt", "bitfit"])
@@ -206,3 +206,17 @@ def test_gradient_checkpointing_trains_the_same_model(data):
         check_environment(cpu_config(grad_checkpointing=True))  # small-cnn: one line before any pixel
     with pytest.raises(LtbenchError, match="backbone 'small-cnn' does not support gradient checkpointing"):
         Trainer(cpu_config(grad_checkpointing=True), progress=False).fit(create_method("ce"), data.bundle)
+
+
+def test_stages_narrow_the_mode_and_never_unfreeze_it(data):
+    """SCL: representation stage (backbone + projection head) then a classifier stage; under lora the
+    pretrained weights stay frozen in both, the LoRA matrices move in the first only."""
+    trainer = Trainer(_config("lora", epochs=2), progress=False)
+    run = trainer.fit(create_method("scl"), data.bundle)
+    assert all(math.isfinite(h["train_loss"]) for h in run.history)
+    torch.manual_seed(0)
+    initial = build_backbone(VIT, None, 32)
+    fc1 = trainer.model.backbone.body.blocks[5].mlp.fc1
+    assert torch.equal(fc1.base_layer.weight, initial.body.blocks[5].mlp.fc1.weight)
+    assert fc1.lora_B["default"].weight.abs().sum() > 0  # started at zero, trained in the representation stage
+    assert run.params["trainable"] < run.params["total"] // 10

@@ -24,6 +24,7 @@ from tabulate import tabulate
 
 from ltbench.metrics import HEADLINE, HEADLINE_LABELS
 from ltbench.report import statistics as ev
+from ltbench.report.results import load_arrays
 from ltbench.report.figures import (metric_bars_figure, per_class_recall_figure, reliability_figure,
                                     training_curves_figure)
 from ltbench.report.flags import flags_section, run_flags
@@ -66,13 +67,11 @@ def load_run_arrays(run_dir: Path, results: Sequence[dict]) -> tuple[list[RunArr
     found, missing = [], []
     for r in results:
         path = Path(run_dir) / str(r["method"]) / str(r.get("arrays") or f"seed{r['seed']}.npz")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                labels, probs = npz["test_labels"], npz["test_probs"]
-        except (OSError, KeyError, ValueError):
+        arrays = load_arrays(path, r, lambda k: k in ("test_labels", "test_probs"))  # damaged: one line
+        if arrays is None:  # absent (results of an older version)
             missing.append(f"{r['method']} seed {r['seed']}")
             continue
-        found.append(RunArrays(str(r["method"]), int(r["seed"]), r, np.asarray(labels), np.asarray(probs)))
+        found.append(RunArrays(str(r["method"]), int(r["seed"]), r, arrays["test_labels"], arrays["test_probs"]))
     return found, missing
 
 

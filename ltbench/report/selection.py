@@ -11,7 +11,6 @@ rule, with Kendall's τ against the rule in use, so a reader sees whether a rank
 from __future__ import annotations
 
 import math
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from scipy.stats import kendalltau, rankdata
 from tabulate import tabulate
 
 from ltbench.metrics import compute_metrics
+from ltbench.report.results import load_arrays
 from ltbench.trainer.selection import RULE_TEXT, SENSITIVITY_RULES, epochs_from_history
 
 SHOWN = ("acc", "sen")  # the two numbers per rule: Acc and balanced accuracy
@@ -27,11 +27,8 @@ SHOWN = ("acc", "sen")  # the two numbers per rule: Acc and balanced accuracy
 
 def _arrays(run_dir: Path, result: dict) -> dict[str, np.ndarray]:
     path = Path(run_dir) / str(result["method"]) / str(result.get("arrays") or f"seed{result['seed']}.npz")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files if k.startswith("selection_") or k == "test_labels"}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return {}
+    arrays = load_arrays(path, result, lambda k: k.startswith("selection_") or k == "test_labels")  # damaged: one line
+    return arrays or {}
 
 
 def run_selection(result: dict, run_dir: Path) -> dict[str, dict]:

@@ -132,7 +132,7 @@ class BYOLNetwork(nn.Module):
 
 @register_method("byol")
 class BYOL(TwoStageContrastive):
-    """BYOL + linear probe (Grill et al., NeurIPS 2020; google-deepmind/deepmind-research byol). See the module docstring."""
+    """BYOL + linear probe (Grill et al., NeurIPS 2020; deepmind-research byol). See the module docstring."""
 
     # The paper / JAX code's ImageNet pre-training (configs/byol.py, 1000 epochs): batch 4096, base lr 0.2
     # scaled by batch/256 → 3.2, LARS (momentum 0.9, wd 1.5e-6), 10 warm-up epochs then cosine, τ_base 0.996.

@@ -21,7 +21,7 @@ from ltbench import create_method
 from ltbench.cli import cli
 from ltbench.errors import LtbenchError
 from ltbench.runs import run_identity
-from ltbench.trainer import Trainer, TrainConfig
+from ltbench.trainer import Trainer
 from ltbench.trainer.sam import SharpnessAware, tail_classes
 from tests.helpers import SYNTHETIC, cpu_config, synthetic_data
 
@@ -247,7 +247,7 @@ def test_a_step_changes_method_state_once_under_sam(name, params, counter, data)
         run = Trainer(cpu_config(epochs=1, optimizer=optimizer), progress=False).fit(method, data.bundle)
         assert all(math.isfinite(h["train_loss"]) for h in run.history)
         return method, run
-    (plain, _), (sam, run), (again, rerun) = fit("sgd"), fit("sam"), fit("sam")
+    (plain, _), (sam, run), (_, rerun) = fit("sgd"), fit("sam"), fit("sam")
     if counter is not None:
         assert torch.equal(getattr(plain, counter), getattr(sam, counter))
     assert (run.arrays["test_probs"] == rerun.arrays["test_probs"]).all()  # reproducible

@@ -17,8 +17,8 @@ training images (the script's ``--eta 20``) are the tail; with per-sample losses
 (``sam_adaptive`` gives ImbSAM ASAM's perturbation too; the official ImbSAM has none.) Both restore w exactly
 (davda54/sam's ``old_p``; Imbalanced_SAM subtracts e, one float rounding apart). Checked once against both
 codes on a small MLP with BatchNorm (5 steps, float32): bit-identical weights and BatchNorm statistics with
-davda54/sam; with Imbalanced_SAM bit-identical weights once its restore is exact (within 1.2e-7 as it is). Its per-sample
-losses come from ``Method.sample_losses``; a method without them cannot run ImbSAM.
+davda54/sam; with Imbalanced_SAM bit-identical weights once its restore is exact (within 1.2e-7 as it is).
+ImbSAM's per-sample losses come from ``Method.sample_losses``; a method without them cannot run it.
 
 **The second pass.** The trainer calls the method's ``training_step`` (ImbSAM: ``sample_losses``) again
 on the same batches at the perturbed weights (the closure of SAM's ``step``). Everything a step may
@@ -117,6 +117,11 @@ class SharpnessAware:
             tail_loss.backward()  # a method's own parameters end with the whole first-pass gradient
             ascent = [p.grad for p in self.params]
             loss = (head_loss + tail_loss).detach()
+        if all(g is None for g in ascent):  # no gradient reaches the optimiser's parameters: nothing to perturb
+            for p, h in zip(self.params, keep or []):
+                p.grad = h
+            self.optimizer.step()
+            return loss, logs
         after = self._snapshot()
         with torch.no_grad():
             e = perturbation(self.params, ascent, self.rho, self.adaptive, _EPS[self.kind])

@@ -38,33 +38,26 @@ def load_weights(source: str, weights: "torchvision.models.WeightsEnum | None" =
 def read_weights_file(source: str, label: str | None = None) -> dict[str, Tensor]:
     """A local weights file as a state dict, loaded with ``weights_only=True``; one line per problem.
 
-    ``label`` names the setting in messages (default ``--pretrained <source>``). Read once per
-    (path, size, mtime): the config check and the run share the load.
+    ``label`` names the setting in messages (default ``--pretrained <source>``). Nothing is kept
+    in memory: the settings check (``ltbench.models.build.check_pretrained_file``) and the run each load it.
     """
     label = label or f"--pretrained {source}"
     path = Path(source).expanduser()
     try:
-        st = path.stat()
+        size = path.stat().st_size
     except OSError:
         raise InputError(f"{label}: no such file (give 'imagenet', a URL or a .pth file)") from None
     if not path.is_file():
         raise InputError(f"{label}: not a file")
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _READ:
-        if st.st_size == 0:
-            raise InputError(f"{label}: an empty file (0 bytes), not a PyTorch state dict")
-        try:
-            with warnings.catch_warnings():  # torch's notes on pickle protocols: the line below says it all
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types here; each becomes one line naming the file
-            raise InputError(f"{label}: not a PyTorch state dict ({_load_problem(exc, path)})") from None
-        _READ.clear()  # keep one file's tensors at most
-        _READ[key] = _state_dict(state, label)
-    return _READ[key]
-
-
-_READ: dict[tuple, dict[str, Tensor]] = {}
+    if size == 0:
+        raise InputError(f"{label}: an empty file (0 bytes), not a PyTorch state dict")
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: the line below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types here; each becomes one line naming the file
+        raise InputError(f"{label}: not a PyTorch state dict ({_load_problem(exc, path)})") from None
+    return _state_dict(state, label)
 
 
 def _state_dict(state: object, label: str) -> dict[str, Tensor]:

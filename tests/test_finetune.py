@@ -220,3 +220,23 @@ def test_stages_narrow_the_mode_and_never_unfreeze_it(data):
     assert torch.equal(fc1.base_layer.weight, initial.body.blocks[5].mlp.fc1.weight)
     assert fc1.lora_B["default"].weight.abs().sum() > 0  # started at zero, trained in the representation stage
     assert run.params["trainable"] < run.params["total"] // 10
+
+
+@pytest.mark.parametrize("mode", ["lora", "adaptformer", "vpt", "partial", "bitfit"])
+def test_every_trainable_parameter_of_an_open_clip_tower_gets_a_gradient(mode):
+    """open_clip's blocks use nn.MultiheadAttention, which reads its projections' weights directly:
+    LoRA adapts it as a whole (peft's layer), so no adapter sits where the forward pass never goes."""
+    from tests.helpers import tiny_clip
+
+    torch.manual_seed(0)
+    backbone = prepare_backbone(build_backbone(tiny_clip(), None, 32), FinetuneSpec(mode, prompts=2, adapter_dim=4))
+    model = Classifier(backbone, torch.nn.Linear(backbone.out_dim, 3))
+    for name, param in model.named_parameters():
+        if "lora_B" in name or "up_proj.weight" in name:
+            torch.nn.init.normal_(param)  # zero at init (no change to the model), which would zero the rest's gradient
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0])).backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(trainable) > 2
+    assert [n for n, p in trainable if p.grad is None or not p.grad.any()] == []
+    if mode == "lora":
+        assert any(".attn." in n and "lora" in n for n, _ in trainable)  # the attention is adapted too

@@ -13,7 +13,8 @@ Modes (docs/finetuning.md):
 * ``linear`` — the backbone is frozen; the method's heads train (linear probing).
 * ``partial`` — the last ``blocks`` blocks (and the final norm/pooling after them) train.
 * ``lora`` — LoRA (Hu et al., ICLR 2022) on every Linear layer of the blocks (attention qkv and
-  output, MLP), through peft's ``inject_adapter_in_model``; rank r, alpha = r, no dropout.
+  output, MLP; an ``nn.MultiheadAttention`` as a whole, peft's layer for it), through peft's
+  ``inject_adapter_in_model``; rank r, alpha = r, no dropout.
 * ``adaptformer`` — AdaptFormer (Chen et al., NeurIPS 2022): a bottleneck adapter in parallel with each
   block's MLP, ``x + mlp(norm2(x)) + s · up(relu(down(x)))`` with x the post-attention residual,
   s = 0.1, bottleneck 64, up-projection zero-initialised (ShoufaChen/AdaptFormer ``Adapter``).
@@ -186,7 +187,11 @@ def add_lora(backbone: Backbone, rank: int) -> None:
     inside = set()
     for module in backbone.body.modules():
         if id(module) in block_ids:
-            inside |= {id(m) for m in module.modules() if isinstance(m, nn.Linear)}
+            # nn.MultiheadAttention (open_clip) reads its projections' weights directly, so LoRA on its
+            # out_proj alone would never run: peft's MultiheadAttention layer adapts in_proj and out_proj.
+            packed = {id(m.out_proj) for m in module.modules() if isinstance(m, nn.MultiheadAttention)}
+            inside |= {id(m) for m in module.modules()
+                       if isinstance(m, nn.MultiheadAttention) or isinstance(m, nn.Linear) and id(m) not in packed}
     names = [name for name, m in backbone.body.named_modules() if id(m) in inside]
     if not names:
         raise LtbenchError(f"finetune lora: the blocks of {backbone.arch!r} have no Linear layer; use a transformer")

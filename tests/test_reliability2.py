@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ltbench.store.files import default_file_mode
 from tests.test_cli import assert_one_line_error, run_inline
 
 BENCH = """\
@@ -193,9 +194,18 @@ def _killed_writer(target: Path) -> Path:
     return left
 
 
-def test_a_killed_report_writer_leaves_nothing_after_the_next_report(work: Path, cli) -> None:
+def test_a_killed_report_leaves_nothing_after_the_next_report(work: Path, cli) -> None:
+    """``ltbench report`` SIGKILLed between a file's temp and its rename (summary.md, then a PNG)."""
     out = work / "out"
-    leftovers = [_killed_writer(out / "summary.md"), _killed_writer(out / "metrics.png")]
+    leftovers = []
+    for kill, name in (("write:1", "summary.md"), ("write:4", "confusion_matrices.png")):
+        proc = subprocess.run([sys.executable, "-m", "ltbench.cli", "report", str(out)], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "LTBENCH_TEST_KILL_AT": kill})
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        (left,) = [p for p in out.iterdir() if p.name.endswith(".tmp")]
+        assert left.name.startswith(f".{name}.")
+        assert stat.S_IMODE(left.stat().st_mode) == default_file_mode()  # the umask's, not mkstemp's 0600
+        leftovers.append(left)
     # a live writer's temp file (another report on the same folder right now) is never touched
     live = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
                              "from ltbench.store.files import make_temp\nfd, tmp = make_temp(Path(sys.argv[1]))\n"

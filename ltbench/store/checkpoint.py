@@ -17,40 +17,24 @@ then the run starts from scratch. Nothing here names a method.
 
 Test hook: ``LTBENCH_TEST_KILL_AT=EVENT:N`` makes the process SIGKILL itself the N-th time
 ``EVENT`` happens (``step``, ``epoch``, ``checkpoint`` — between writing a checkpoint's temporary
-file and renaming it — and ``result`` — between a run's NPZ and its JSON), so tests can kill a
-bench at exact moments. Unset (always, outside tests) it costs one dict lookup.
+file and renaming it — ``result`` — between a run's NPZ and its JSON — and ``write`` — between an
+atomic write's temporary file and its rename, ``ltbench.store.files``), so tests can kill a bench
+or a report at exact moments. Unset (always, outside tests) it costs one dict lookup.
 """
 from __future__ import annotations
 
 import os
 import random
-import signal
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ltbench.store.files import make_temp
+from ltbench.store.files import hook, make_temp  # noqa: F401 — hook: the kill points' home, re-exported
 
 CHECKPOINT_VERSION = 1
-
-_KILL_AT = os.environ.get("LTBENCH_TEST_KILL_AT", "")
-_events: Counter = Counter()
-
-
-def hook(event: str) -> None:
-    """Test-only kill point (see the module docstring); a no-op unless LTBENCH_TEST_KILL_AT is set."""
-    if not _KILL_AT:
-        return
-    _events[event] += 1
-    name, _, count = _KILL_AT.partition(":")
-    if name == event and _events[event] == int(count or 1):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ------------------------------------------------------------------------------ RNG states

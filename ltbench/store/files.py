@@ -9,10 +9,29 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+_KILL_AT = os.environ.get("LTBENCH_TEST_KILL_AT", "")
+_events: dict[str, int] = {}
+
+
+def hook(event: str) -> None:
+    """Test-only kill point (``LTBENCH_TEST_KILL_AT=EVENT:N``: SIGKILL at the N-th ``EVENT``; see
+    ``ltbench.store.checkpoint``); a no-op unless the variable is set."""
+    if not _KILL_AT:
+        return
+    _events[event] = _events.get(event, 0) + 1
+    name, _, count = _KILL_AT.partition(":")
+    if name == event and _events[event] == int(count or 1):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 # A temp file left by code before its writer was in the name: removed once this old (no write takes a day).
 LEGACY_TEMP_AGE_S = 24 * 3600
@@ -102,6 +121,7 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
+        hook("write")  # test-only kill point: the temp file written, not yet renamed
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -232,6 +232,15 @@ def test_a_killed_cache_build_leaves_nothing_after_the_next_start(tmp_path: Path
     left = _killed_writer(npy)
     assert cli(*args).returncode == 0  # the cache is valid: reused, and the dead build's temp removed
     assert not left.exists()
+    # a real build of another size SIGKILLed mid-way, then the next start (at the first size) cleans it
+    killed = subprocess.run([sys.executable, "-m", "ltbench.cli", *args[:-1], "32"], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "LTBENCH_CACHE": str(tmp_path / ".cache"),
+                                              "LTBENCH_TEST_KILL_AT": "cache:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (left,) = [p for p in (tmp_path / ".cache").iterdir() if p.name.endswith(".tmp")]
+    assert left.name.startswith(".pixels_37px_") and left.stat().st_size > 35 * 37 * 37 * 3  # ceil(32 * 8 / 7)
+    assert cli(*args).returncode == 0
+    assert not left.exists()
     assert [p.name for p in (tmp_path / ".cache").iterdir() if p.name.endswith(".tmp")] == []
 
 

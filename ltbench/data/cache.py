@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ltbench.data.base import ImageSet
 from ltbench.errors import LtbenchError
-from ltbench.store.files import atomic_write, make_temp, remove_stale_temps
+from ltbench.store.files import atomic_write, hook, make_temp, remove_stale_temps
 
 # v2: the manifest keeps original sizes, source hashes and EXIF orientations (v1 caches rebuild once).
 FORMAT_VERSION = 2
@@ -263,6 +263,7 @@ def _build(paths: list[Path], size: int, npy: Path, manifest_path: Path, manifes
     os.close(fd)
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+        hook("cache")  # test-only kill point (LTBENCH_TEST_KILL_AT=cache:1): a build killed mid-way
         info = _decode_all(paths, size, arr, workers)
         arr.flush()
         del arr

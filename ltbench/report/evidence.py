@@ -425,7 +425,9 @@ def _run_file_sections(results: Sequence[dict], methods: Sequence[str], grouping
         "over seeds; it is a process-lifetime maximum, so in a bench that trains runs one after another "
         "in one process a run that did not raise it is shown as \"≤\" (its own peak is at most that). "
         "CUDA: `torch.cuda.max_memory_allocated` after resetting the peak before the run. "
-        "n/a: results written before ltbench recorded memory.",
+        "n/a: results written before ltbench recorded memory. Trainable / total parameters: the model "
+        "as built under the run's fine-tuning mode (`finetune`, docs/finetuning.md; inserted adapters count "
+        "in the total; a stage may train fewer), n/a before ltbench recorded them.",
         "",
         cost_table(results, methods),
         "",

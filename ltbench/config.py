@@ -289,6 +289,20 @@ def train_config(dataset: str, *layers: Layer) -> tuple[Any, dict[str, Layer]]:
     if (values.get("backbone") in NO_PRETRAINED and values.get("pretrained") is not None
             and rank[id(sources["pretrained"])] < rank[id(sources["backbone"])]):
         values["pretrained"], sources["pretrained"] = None, sources["backbone"]
+    if (str(values.get("backbone", "")).startswith("timm:") and values.get("pretrained") == "imagenet"
+            and rank[id(sources["pretrained"])] < rank[id(sources["backbone"])]):
+        # an inherited "imagenet" (the ISIC protocol's ResNet weights) means the timm model's own pretrained weights
+        values["pretrained"], sources["pretrained"] = "hub", sources["backbone"]
+    if str(values.get("backbone", "")).startswith(("timm:", "open_clip:")) and (
+            "image_size" not in sources or rank[id(sources["image_size"])] == 0):
+        # A hub model's own input size, unless a benchmark file or the command line set one (issue 23)
+        from ltbench.models.build import model_input_size
+
+        size = model_input_size(values["backbone"])
+        if size is not None:
+            values["image_size"] = size
+            sources["image_size"] = Layer(f"{values['backbone']} config", {"image_size": size},
+                                          lambda k, v: f"{values['backbone']}'s pretrained config {k}={show(v)}")
     config = TrainConfig(**values)
     check_environment(config, sources)
     return config, sources

@@ -265,3 +265,22 @@ def test_ltbench_train_pretrained_file_on_the_command_line(tmp_path, capsys, mon
                       capsys=capsys, monkeypatch=monkeypatch, cwd=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "not timm:vit_tiny_patch16_224 weights" in proc.stderr
+
+
+def test_a_hub_models_own_input_size_unless_a_file_or_flag_sets_one(tmp_path):
+    """The dataset's default protocol (ISIC: 224 px, ImageNet ResNet weights) yields to a hub model's
+    config; a benchmark file or the command line wins over both."""
+    from ltbench.config import Layer, set_layer, train_config
+
+    dino = "timm:vit_small_patch14_dinov2.lvd142m"
+    config, sources = train_config("isic2019", set_layer({"backbone": dino}))
+    assert config.image_size == 518 and sources["image_size"].source == f"{dino} config"  # DINOv2's pretrained size
+    assert config.pretrained == "hub"  # the protocol's inherited "imagenet" becomes the timm model's own weights
+    config, _ = train_config("isic2019", set_layer({"backbone": dino, "image_size": "224"}))
+    assert config.image_size == 224
+    file = Layer("benchmark file", {"backbone": "open_clip:ViT-B-16", "pretrained": "hub:openai", "image_size": 336},
+                 lambda k, v: f"b.yaml train.{k}={v}")
+    assert train_config("isic2019", file)[0].image_size == 336
+    assert train_config("isic2019")[0].image_size == 224  # ltbench's own backbones: unchanged
+    with pytest.raises(LtbenchError, match="imagenet names torchvision's ResNet weights; for open_clip:ViT-B-16"):
+        train_config("isic2019", set_layer({"backbone": "open_clip:ViT-B-16"}))  # several CLIP weights: name one

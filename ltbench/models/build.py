@@ -67,3 +67,20 @@ def build_backbone(name: str, pretrained: str | None = None, image_size: int | N
     if name not in OWN_BACKBONES:
         raise LtbenchError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
     return build_own_backbone(name, pretrained)
+
+
+def model_input_size(name: str) -> int | None:
+    """The square input size a hub model's weights were trained at (timm's ``pretrained_cfg``, open_clip's
+    ``vision_cfg``), read without building it; None for ltbench's own backbones or an unknown model."""
+    if name.startswith("timm:"):
+        import timm
+
+        cfg = timm.get_pretrained_cfg(name[len("timm:"):])
+        return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else None
+    if name.startswith("open_clip:"):
+        import open_clip
+
+        cfg = open_clip.get_model_config(name[len("open_clip:"):]) or {}
+        size = cfg.get("vision_cfg", {}).get("image_size")
+        return int(size[-1] if isinstance(size, (tuple, list)) else size) if size else None
+    return None

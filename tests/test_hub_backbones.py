@@ -70,7 +70,7 @@ def test_resnet_specific_parts_say_so_in_one_line():
         add_spatial_attention(build_backbone(VIT, None, 32))
     assert "\n" not in str(error.value) and "ResNet-specific" in str(error.value)
     with pytest.raises(LtbenchError, match="split_last_stage knows"):
-        build_backbone("timm:convnext_atto").split_last_stage()
+        build_backbone("timm:resnet10t").split_last_stage()  # timm's own ResNet: not one of the split families
 
 
 def test_pretrained_file_loads_a_timm_state_dict(tmp_path):
@@ -284,3 +284,15 @@ def test_a_hub_models_own_input_size_unless_a_file_or_flag_sets_one(tmp_path):
     assert train_config("isic2019")[0].image_size == 224  # ltbench's own backbones: unchanged
     with pytest.raises(LtbenchError, match="imagenet names torchvision's ResNet weights; for open_clip:ViT-B-16"):
         train_config("isic2019", set_layer({"backbone": "open_clip:ViT-B-16"}))  # several CLIP weights: name one
+
+
+@pytest.mark.parametrize("name", ["timm:convnext_atto", "timm:efficientnet_b0"])
+@pytest.mark.parametrize("blocks", [None, 1])
+def test_timm_cnns_split_their_last_stage_exactly(name, blocks):
+    """ConvNeXt and EfficientNet: the last stage's last block(s) and the model's own head form the tail (BBN, SADE)."""
+    backbone = build_backbone(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    trunk, tail = backbone.split_last_stage(blocks)
+    torch.testing.assert_close(tail(trunk(x)), backbone(x), rtol=0, atol=0)
+    shared = [id(p) for p in trunk.parameters()] + [id(p) for p in tail.parameters()]
+    assert len(shared) == len(set(shared)) == len(list(backbone.parameters()))

@@ -53,8 +53,11 @@ class TimmBackbone(Backbone):
         ``tail(trunk(x)) == self(x)`` (token sequences N×T×D between them).
         """
         if not _is_vit(self.body):
-            raise LtbenchError(f"backbone {self.arch!r}: split_last_stage knows ResNets, small-cnn and ViT-family "
-                               "transformers (timm VisionTransformer, open_clip)")
+            split = _cnn_split(self.body, blocks, self.arch)
+            if split is None:
+                raise LtbenchError(f"backbone {self.arch!r}: split_last_stage knows ResNets, small-cnn, timm ConvNeXt "
+                                   "and EfficientNet, and ViT-family transformers (timm VisionTransformer, open_clip)")
+            return split
         k = check_blocks(1 if blocks is None else blocks, len(self.body.blocks), self.arch)
         return _ViTTrunk(self.body, len(self.body.blocks) - k), _ViTTail(self.body, len(self.body.blocks) - k)
 
@@ -108,6 +111,44 @@ class _ViTTail(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         x = self.norm(self.blocks(tokens))
         return self.head_drop(self.fc_norm(self._pool_fn(self, x)))
+
+
+def _cnn_split(model: nn.Module, blocks: int | None, arch: str) -> tuple[nn.Module, nn.Module] | None:
+    """A timm ConvNeXt or EfficientNet split before the last ``blocks`` blocks of its last stage (None: the
+    whole stage, as a ResNet's ``layer4``); the tail ends with the model's own head (pooling, norm) in
+    pre-logits form. None for other families."""
+    from timm.models.convnext import ConvNeXt
+    from timm.models.efficientnet import EfficientNet
+
+    if isinstance(model, ConvNeXt):
+        last = model.stages[-1]
+        stage = list(last.blocks)
+        k = check_blocks(blocks, len(stage), arch)
+        trunk = nn.Sequential(model.stem, *model.stages[:-1], last.downsample, *stage[:len(stage) - k])
+        return trunk, _CnnTail(nn.Sequential(*stage[len(stage) - k:], model.norm_pre), model.head, convnext=True)
+    if isinstance(model, EfficientNet):
+        stage = list(model.blocks[-1])
+        k = check_blocks(blocks, len(stage), arch)
+        trunk = nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:-1], *stage[:len(stage) - k])
+        tail = _CnnTail(nn.Sequential(*stage[len(stage) - k:], model.conv_head, model.bn2), model.global_pool,
+                        drop_rate=model.drop_rate)
+        return trunk, tail
+    return None
+
+
+class _CnnTail(nn.Module):
+    """The last block(s) of a timm CNN, then its head as ``forward_head(x, pre_logits=True)`` computes it."""
+
+    def __init__(self, body: nn.Module, head: nn.Module, convnext: bool = False, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.body, self.head, self.convnext, self.drop_rate = body, head, convnext, drop_rate
+
+    def forward(self, features: Tensor) -> Tensor:
+        x = self.body(features)
+        if self.convnext:
+            return self.head(x, pre_logits=True)
+        return nn.functional.dropout(self.head(x), p=self.drop_rate, training=self.training) if self.drop_rate \
+            else self.head(x)
 
 
 def _input_config(model: nn.Module) -> InputConfig:

@@ -310,7 +310,8 @@ def _cuda_peak(runs: Sequence[dict]) -> str:
 def _param_counts(runs: Sequence[dict]) -> str:
     """Trainable / total parameters of the trained model (``params`` of each result, issue 23: the
     fine-tuning mode decides the first); the seeds' values if they differ, "n/a" for older results."""
-    counts = sorted({(r["params"]["trainable"], r["params"]["total"]) for r in runs if isinstance(r.get("params"), dict)})
+    counts = sorted({(r["params"]["trainable"], r["params"]["total"]) for r in runs
+                     if isinstance(r.get("params"), dict)})
     if not counts:
         return "n/a"
     return "; ".join(f"{t / 1e6:.3g}M / {n / 1e6:.3g}M ({100 * t / n:.2g}%)" if n else "0 / 0" for t, n in counts)

@@ -297,8 +297,12 @@ def test_bench_writes_report_and_a_rerun_trains_nothing(tmp_path):
                  "--methods", "ce", "--seeds", "0", "--force", cwd=tmp_path)
     assert forced.returncode == 0 and "1 run(s) trained" in forced.stdout
 
+    # The report rebuilt from the files alone does not average ce seed 1 (2 epochs) with the retrained
+    # seed 0 (1 epoch): seed 1 is left out and listed, exit 2 (issue 21).
     rebuilt = run("report", str(out), cwd=tmp_path)
-    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert rebuilt.returncode == 2, rebuilt.stderr
+    assert "ce seed 1 was made with other settings (epochs 2 vs 1 in the row's newest run, seed 0" in rebuilt.stderr
+    assert "Stale results" in (out / "summary.md").read_text()
 
 
 def test_killed_bench_resumes_where_it_stopped(tmp_path):

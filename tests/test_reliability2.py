@@ -131,6 +131,7 @@ def test_force_retrains_a_result_with_damaged_arrays(work: Path, cli) -> None:
 
 # ------------------------------------------------------------------------------- mixed settings
 
+@pytest.mark.slow
 def test_report_leaves_out_runs_of_other_settings_after_a_forced_retrain(work: Path, cli) -> None:
     """lr changed in the file, seed 0 retrained with --force: seed 1 (lr 0.05) is not averaged with it."""
     (work / "b.yaml").write_text(BENCH.replace("lr: 0.05", "lr: 0.1"))
@@ -194,6 +195,7 @@ def _killed_writer(target: Path) -> Path:
     return left
 
 
+@pytest.mark.slow
 def test_a_killed_report_leaves_nothing_after_the_next_report(work: Path, cli) -> None:
     """``ltbench report`` SIGKILLed between a file's temp and its rename (summary.md, then a PNG)."""
     out = work / "out"
@@ -244,6 +246,7 @@ def test_a_killed_cache_build_leaves_nothing_after_the_next_start(tmp_path: Path
     assert [p.name for p in (tmp_path / ".cache").iterdir() if p.name.endswith(".tmp")] == []
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_checkpointing_leaves_no_temp_and_no_prev(tmp_path: Path) -> None:
     """SIGKILL between a checkpoint's temp file and its rename, then a rerun with --keep-checkpoints:
     no temp file, no ``.ckpt.prev``, and the checkpoint, results and report are all 0644 under umask 022."""

@@ -69,7 +69,7 @@ _PROTOCOL_HELP = "default: the dataset's protocol"
 @click.option("--classes", "split_classes",
               help="FlexSampling's class set: 8 | 14 (--split flexsampling; default 8; 14 needs its extra "
                    "ISIC-archive images under --data-root, see docs/data.md).")
-@click.option("--backbone", help=f"resnet18 | resnet34 | resnet50 | small-cnn | timm:MODEL | open_clip:ARCH "
+@click.option("--backbone", help=f"resnet18 | resnet34 | resnet50 | small-cnn | small-cnn-16 | timm:MODEL | open_clip:ARCH "
                                       f"({_PROTOCOL_HELP}).")
 @click.option("--pretrained", help=f"imagenet, hub, hub:TAG, hf-hub:ORG/REPO, a URL, a local .pth file, or none "
                                         f"({_PROTOCOL_HELP}).")
@@ -157,7 +157,7 @@ def train_cmd(method, params, dataset, data_root, split_kind, split_seed, split_
 @click.option("--seeds", help="Override the seeds, e.g. 0,1,2.")
 @click.option("--epochs", help="Override the epoch budget.")
 @click.option("--data-root", type=click.Path(path_type=Path), help="Override the dataset folder.")
-@click.option("--backbone", help="Override the backbone: resnet18 | resnet34 | resnet50 | small-cnn | timm:MODEL | "
+@click.option("--backbone", help="Override the backbone: resnet18 | resnet34 | resnet50 | small-cnn | small-cnn-16 | timm:MODEL | "
                                       "open_clip:ARCH.")
 @click.option("--pretrained", help="Override the weights: imagenet, hub, hub:TAG, hf-hub:ORG/REPO, a URL, a local "
                                         ".pth file, or none.")

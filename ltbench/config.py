@@ -172,7 +172,7 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
 }
 
 # Backbones that have no pretrained weights: an inherited `pretrained` does not follow them.
-NO_PRETRAINED = ("small-cnn",)
+NO_PRETRAINED = ("small-cnn", "small-cnn-16")
 
 
 @functools.lru_cache(maxsize=None)

@@ -55,7 +55,7 @@ ISIC_PROTOCOL = {"backbone": "resnet50", "pretrained": "imagenet", "image_size":
                  "batch_size": 64, "lr": 0.002, "momentum": 0.9, "weight_decay": 0.0001, "select_metric": "sen"}
 # A small CNN from scratch on 8x8 digits: benchmarks/digits-lt.yaml's settings (lr 0.05: the
 # protocol's 0.002 is tuned for a pretrained ResNet-50).
-DIGITS_PROTOCOL = {"backbone": "small-cnn", "image_size": 16, "epochs": 20, "batch_size": 64, "lr": 0.05,
+DIGITS_PROTOCOL = {"backbone": "small-cnn-16", "image_size": 16, "epochs": 20, "batch_size": 64, "lr": 0.05,
                    "eval_batch_size": 512}
 # A digit has an orientation: no flip (a mirrored 2 is no digit; both flips turn a 6 into a 9) and
 # rotations up to ±30°, as AutoAugment's SVHN policy (ltbench.data.geometry).

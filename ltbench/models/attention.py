@@ -88,7 +88,7 @@ def add_spatial_attention(backbone: Backbone, reduction_ratio: int = 16, dilatio
                 block.bn2 = gate(block.bn2)
             elif isinstance(block, Bottleneck):
                 block.bn3 = gate(block.bn3)
-    elif backbone.arch == "small-cnn":
+    elif backbone.arch.startswith("small-cnn"):
         body = backbone.body
         for i, layer in enumerate(body):
             if isinstance(layer, nn.BatchNorm2d):

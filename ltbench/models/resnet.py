@@ -14,7 +14,10 @@ RESNETS = {
     "resnet34": ("resnet34", "ResNet34_Weights"),
     "resnet50": ("resnet50", "ResNet50_Weights"),
 }
-OWN_BACKBONES = (*RESNETS, "small-cnn")
+# small-cnn at two widths: 32 (the tests' and golden values') and 16, the embedded default digits-lt's
+# (a quarter of the convolution cost, so that every registered method x 3 seeds fits make bench's budget).
+SMALL_CNNS = {"small-cnn": 32, "small-cnn-16": 16}
+OWN_BACKBONES = (*RESNETS, *SMALL_CNNS)
 
 
 class ResNetBackbone(Backbone):
@@ -62,10 +65,10 @@ def _small_cnn(width: int = 32) -> tuple[nn.Module, int]:
 
 def build_own_backbone(name: str, pretrained: str | None = None) -> Backbone:
     """small-cnn or a torchvision ResNet; ``pretrained`` is None, "imagenet", a file path or a URL."""
-    if name == "small-cnn":
+    if name in SMALL_CNNS:
         if pretrained:
-            raise LtbenchError("--pretrained: the small-cnn backbone has no pretrained weights")
-        body, dim = _small_cnn()
+            raise LtbenchError(f"--pretrained: the {name} backbone has no pretrained weights")
+        body, dim = _small_cnn(SMALL_CNNS[name])
         return ResNetBackbone(body, dim, name)
     import torchvision
 

@@ -102,7 +102,7 @@ class LIFT(Method):
     recipes = {"paper": Recipe(
         source="shijxcs/LIFT configs/model/clip_vit_b16.yaml, utils/config.py @ 661ead9 (Shi et al., ICML 2024)",
         train={"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128,
-               "epochs": 10, "lr_schedule": "cosine"},
+               "epochs": 10, "lr_schedule": "cosine", "finetune": "full"},  # full: LIFT adds its own adapters
         params={"scale": 25.0, "bottleneck": None, "prompt": "default", "tte": "fivecrop"},
         note="backbone CLIP ViT-B/16 (OpenAI weights: --backbone open_clip:ViT-B-16 --pretrained hub:openai) at "
              "224 px with CLIP's mean/std; fp16 amp with a GradScaler; the last epoch is tested (select_metric: "

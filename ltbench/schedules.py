@@ -91,6 +91,17 @@ def drw_switch_epoch(epochs: int, fraction: float = 0.8, drw_epoch: int | None =
     return math.floor(Fraction(str(fraction)) * epochs)
 
 
+def check_drw(owner: str, beta: float, drw_fraction: float, drw_epoch: int | None) -> None:
+    """The DRW keywords of a method (LDAM-DRW, VS loss's ``train_rule: drw``), checked at construction:
+    ``ValueError`` naming ``owner`` (create_method turns it into one line)."""
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"{owner}: beta must be in [0, 1), got {beta}")
+    if drw_fraction < 0:
+        raise ValueError(f"{owner}: drw_fraction must be >= 0, got {drw_fraction}")
+    if drw_epoch is not None and (isinstance(drw_epoch, bool) or not isinstance(drw_epoch, int) or drw_epoch < 0):
+        raise ValueError(f"{owner}: drw_epoch must be a 0-indexed epoch (int >= 0) or None, got {drw_epoch!r}")
+
+
 def mwnl_stage_epochs(
     epochs: int, E_min: int = 20, E_max: int = 60, reference_epochs: int | None = 70
 ) -> tuple[int, int]:

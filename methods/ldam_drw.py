@@ -48,7 +48,7 @@ from ltbench.methods.ce import LDAM_DRW_CIFAR_TRAIN
 from ltbench.models import Backbone, Classifier, NormedLinear
 from ltbench.recipes import Recipe
 from ltbench.registry import register_method
-from ltbench.schedules import drw_switch_epoch
+from ltbench.schedules import check_drw, drw_switch_epoch
 
 
 def ldam_margins(class_counts: Sequence[int], max_margin: float = 0.5) -> Tensor:
@@ -121,12 +121,7 @@ class LDAMDRW(LossMethod):
             raise ValueError(f"ldam_drw: max_margin must be >= 0, got {max_margin}")
         if scale <= 0:
             raise ValueError(f"ldam_drw: scale must be > 0, got {scale}")
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"ldam_drw: beta must be in [0, 1), got {beta}")
-        if drw_fraction < 0:
-            raise ValueError(f"ldam_drw: drw_fraction must be >= 0, got {drw_fraction}")
-        if drw_epoch is not None and (isinstance(drw_epoch, bool) or not isinstance(drw_epoch, int) or drw_epoch < 0):
-            raise ValueError(f"ldam_drw: drw_epoch must be a 0-indexed epoch (int >= 0) or None, got {drw_epoch!r}")
+        check_drw("ldam_drw", beta, drw_fraction, drw_epoch)
         self.max_margin = max_margin
         self.scale = scale
         self.beta = beta

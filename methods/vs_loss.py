@@ -46,7 +46,7 @@ from ltbench.methods.ce import LDAM_DRW_CIFAR_TRAIN
 from ltbench.methods.cb_loss import class_balanced_weights
 from ltbench.recipes import Recipe
 from ltbench.registry import register_method
-from ltbench.schedules import drw_switch_epoch
+from ltbench.schedules import check_drw, drw_switch_epoch
 
 TRAIN_RULES = ("none", "reweight", "drw")
 
@@ -91,12 +91,7 @@ class VSLoss(LossMethod):
             raise ValueError(f"vs_loss: tau must be a number, got {tau!r}")
         if train_rule not in TRAIN_RULES:
             raise ValueError(f"vs_loss: train_rule must be one of {', '.join(TRAIN_RULES)}, got {train_rule!r}")
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"vs_loss: beta must be in [0, 1), got {beta}")
-        if drw_fraction < 0:
-            raise ValueError(f"vs_loss: drw_fraction must be >= 0, got {drw_fraction}")
-        if drw_epoch is not None and (isinstance(drw_epoch, bool) or not isinstance(drw_epoch, int) or drw_epoch < 0):
-            raise ValueError(f"vs_loss: drw_epoch must be a 0-indexed epoch (int >= 0) or None, got {drw_epoch!r}")
+        check_drw("vs_loss", beta, drw_fraction, drw_epoch)
         self.gamma = gamma
         self.tau = tau
         self.train_rule = train_rule

@@ -171,7 +171,9 @@ class DeConfound(Method):
         features = model.backbone(images)
         with torch.autocast(device_type=features.device.type, enabled=False):
             features = features.float()
-            if not self.use_effect:
+            # Before the first training step the moving average is zero and the official cosine is 0/0
+            # (NaN logits): with no known bias direction the counterfactual term is 0.
+            if not self.use_effect or not bool(self.embed_mean.any()):
                 return causal_logits(features, model.head.weight, self.num_head, self.tau, self.gamma)
             return tde_logits(features, model.head.weight, self.embed_mean, self.num_head, self.tau, self.gamma,
                               self.alpha)

@@ -17,7 +17,7 @@ from ltbench.retrieval.metrics import p10_r4_macro, retrieval_metrics
 from ltbench.retrieval.run_pass import (RetrievalSettings, embedding_path, load_embeddings, metrics_from_file,
                                         summary_for_json)
 from ltbench.runs import DataSpec, prepare_data, result_paths, run_one
-from tests.helpers import cpu_config
+from tests.helpers import cpu_config, tiny_clip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -48,7 +48,8 @@ def test_representations_names_shapes_and_predict_unchanged(name, leaky):
     method = create_method(name)
     info = _info(leaky)
     method.setup(info)
-    backbone = build_backbone("small-cnn", None)
+    # a method that needs a CLIP tower gets the tests' tiny random-init one (no download)
+    backbone = build_backbone(tiny_clip() if method.requires else "small-cnn", None, 16)
     d = backbone.out_dim
     model = method.build_model(backbone, info).eval()
     method.eval()
@@ -64,7 +65,9 @@ def test_representations_names_shapes_and_predict_unchanged(name, leaky):
     if name == "rotation_hashing":
         expected |= {"hash", "hash_binary"}
     assert expected <= set(reps), sorted(reps)
-    assert reps["feature"].shape == (6, 2 * d if name == "bbn" else d)
+    if name == "lift":  # LIFT's classifier reads the tower's features before CLIP's projection
+        d = backbone.unprojected(x).shape[1]
+    assert reps["feature"].shape == (6, {"bbn": 2, "sade": 3}.get(name, 1) * d)  # branches / experts side by side
     for value in reps.values():
         assert value.ndim == 2 and value.shape[0] == 6 and torch.isfinite(value.float()).all()
     if "embedding" in reps:  # the projection head's output is already L2-normalised

@@ -34,7 +34,7 @@ train: {backbone: small-cnn, image_size: 16, epochs: %d, batch_size: 64, lr: 0.0
 seeds: [0]
 methods: [ce, focal]
 """
-EPOCHS = 8  # long enough (~6 s idle) that a task is still training when the scheduler acts on it
+EPOCHS = 30  # long enough (~15 s idle; 8 epochs finished before a requeue on an idle machine) that a task is still training when the scheduler acts on it
 SLURM = ["--launcher", "slurm", "--slurm", "cpus_per_job=1", "--slurm", "time_min=5", "--slurm", "poll_s=0.5"]
 
 

@@ -62,13 +62,13 @@ def main() -> None:
     from ltbench.methods._lift_core import tte_crops
     from ltbench.models.backbone import InputConfig
     from ltbench.models.clip import ClipBackbone
-    from tests.helpers import TINY_CLIP, tiny_clip
+    from ltbench.models.clip import TINY_CLIP, TINY_CLIP_ARCH, register_tiny_clip
 
     torch.manual_seed(0)
-    tiny_clip()
-    ours_clip = open_clip.create_model("ltbench-tiny-clip", force_quick_gelu=True).eval()
+    register_tiny_clip()
+    ours_clip = open_clip.create_model(TINY_CLIP_ARCH, force_quick_gelu=True).eval()
     pristine = copy.deepcopy(ours_clip)  # lift changes the tower in place
-    tokenizer = open_clip.get_tokenizer("ltbench-tiny-clip")
+    tokenizer = open_clip.get_tokenizer(TINY_CLIP_ARCH)
     half = InputConfig(16, (0.5,) * 3, (0.5,) * 3)
     names = ("melanoma", "melanocytic_nevus", "basal cell carcinoma", "dermatofibroma")
     counts = (40, 12, 5, 2)

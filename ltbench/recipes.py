@@ -41,11 +41,18 @@ def _show(value: object) -> str:
 def recipe_lines(results) -> list[str]:
     """Markdown lines naming the rows that ran a recipe (from their results), for the report."""
     rows: dict[str, tuple[str, str]] = {}
+    own: dict[str, dict] = {}
     for result in results:
         if result.get("recipe"):
             rows.setdefault(result["method"], (result.get("registered_method", result["method"]), result["recipe"]))
-    if not rows:
-        return []
-    named = "; ".join(f"`{row}`: {method}'s `{recipe}` recipe" for row, (method, recipe) in rows.items())
-    return [f"**Recipes** (`ltbench methods --recipes` lists their settings and sources): {named}. "
-            "Every other row: the shared protocol in the header.", ""]
+        if result.get("row_train"):
+            own.setdefault(result["method"], result["row_train"])
+    lines = []
+    if rows:
+        named = "; ".join(f"`{row}`: {method}'s `{recipe}` recipe" for row, (method, recipe) in rows.items())
+        lines.append(f"**Recipes** (`ltbench methods --recipes` lists their settings and sources): {named}.")
+    if own:
+        named = "; ".join(f"`{row}`: " + ", ".join(f"{k} {v}" for k, v in settings.items())
+                          for row, settings in own.items())
+        lines.append(f"**Rows with their own settings** (their `train:` in the benchmark file): {named}.")
+    return [" ".join(lines) + " Every other row: the shared protocol in the header.", ""] if lines else []

@@ -39,25 +39,8 @@ def float64_logits(seed: int = 0, b: int = 6, c: int = 4, absent: int | None = N
     return z, y
 
 
-#: A random-init open_clip ViT small enough for CPU tests: 2 blocks of width 32 in each tower, patch 8 (16 px → 2×2
-#: patches + the class token), the real tokenizer's vocabulary so class-name prompts tokenize as with CLIP.
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 16, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
-
-
 def tiny_clip() -> str:
-    """The backbone name of :data:`TINY_CLIP`, registered with open_clip (once per process; no download)."""
-    import json
-    import tempfile
-    from pathlib import Path
+    """The backbone name of ltbench's random-init tiny CLIP (``ltbench.models.clip.TINY_CLIP``; no download)."""
+    from ltbench.models.clip import TINY_CLIP_ARCH
 
-    import open_clip
-
-    name = "ltbench-tiny-clip"
-    if name not in open_clip.list_models():
-        with tempfile.TemporaryDirectory() as folder:  # open_clip reads the file when it is added
-            path = Path(folder) / f"{name}.json"
-            path.write_text(json.dumps(TINY_CLIP))
-            open_clip.add_model_config(path)
-    return f"open_clip:{name}"
+    return f"open_clip:{TINY_CLIP_ARCH}"

@@ -244,3 +244,45 @@ def test_plain_methods_listing_is_unchanged():
     assert focal == "focal          gamma=2.0, class_weights=None, label_smoothing=0.0, sampler='instance', " \
                     "mixup_alpha=0.0"
     assert not any("paper:" in line or "recipe" in line for line in lines)
+
+
+# ----------------------------------------------------------------------------- a row's own train:
+
+def _bench(tmp_path, row: str):
+    from ltbench.bench import load_benchmark
+
+    path = tmp_path / "b.yaml"
+    path.write_text("dataset: digits-lt\ntrain: {epochs: 3}\nmethods:\n  ce: {}\n" + row)
+    return load_benchmark(path)
+
+
+def test_a_row_train_sets_that_rows_settings_over_its_recipe(tmp_path):
+    bench = _bench(tmp_path, "  zs: {method: zeroshot_clip, train: {backbone: 'open_clip:ltbench-tiny-clip'}}\n"
+                             "  ld: {method: ldam_drw, recipe: paper, train: {epochs: 4}}\n")
+    assert bench.row_config(bench.methods["ce"]).backbone == "small-cnn-16"
+    assert bench.row_config(bench.methods["zs"]).backbone == "open_clip:ltbench-tiny-clip"
+    assert bench.row_config(bench.methods["zs"]).epochs == 3  # the file's, not overridden
+    ld = bench.row_config(bench.methods["ld"])
+    assert ld.epochs == 4 and ld.lr == get_method_class("ldam_drw").recipes["paper"].train["lr"]
+
+
+@pytest.mark.parametrize("row, message", [
+    ("  x: {method: ce, train: 3}\n", "methods.x.train = 3: expected a mapping of training settings"),
+    ("  x: {method: ce, train: {image_size: 32}}\n", "methods.x.train.image_size: a bench-wide setting"),
+    ("  x: {method: ce, train: {backbone: nope}}\n", "methods.x: train"),
+])
+def test_a_bad_row_train_is_one_line(tmp_path, row, message):
+    with pytest.raises(LtbenchError, match=re.escape(message)) as info:
+        _bench(tmp_path, row)
+    assert "\n" not in str(info.value)
+
+
+def test_the_report_names_rows_with_their_own_settings():
+    from ltbench.launchers.grid import row_labels
+    from ltbench.bench.file import MethodRow
+    from ltbench.recipes import recipe_lines
+
+    labels = row_labels(MethodRow("zs", "zeroshot_clip", train={"backbone": "open_clip:x"}))
+    assert labels == {"row_train": {"backbone": "open_clip:x"}}
+    (line, _) = recipe_lines([{"method": "zs", **labels}, {"method": "ce"}])
+    assert "`zs`: backbone open_clip:x" in line and "Every other row: the shared protocol" in line

@@ -47,6 +47,7 @@ class MethodRow:
     config: TrainConfig | None = None  # the row's own settings (a recipe, tuned values); None: the bench's
     tuned: dict | None = None  # the settings tuning chose for this row (ltbench.bench.tuning)
     tune: dict | None = None  # the row's own tuning grid (over the bench's ``tune:``); None: the bench's
+    train: dict | None = None  # the row's own training settings (over its recipe's), e.g. a backbone it needs
 
 
 @dataclass
@@ -71,13 +72,12 @@ class Benchmark:
 
 
 def recipe_train(row: MethodRow) -> dict:
-    """The training settings of the row's recipe ({} without one); bench-wide settings are never a recipe's."""
+    """The row's own training settings: its recipe's, then its ``train:`` over them ({} without either);
+    bench-wide settings are never a recipe's (a row's ``train:`` may not name them)."""
     from ltbench.bench.tuning import BENCH_WIDE
 
-    if not row.recipe:
-        return {}
-    recipe = get_method_class(row.method).recipes[row.recipe]
-    return {k: v for k, v in recipe.train.items() if k not in BENCH_WIDE}
+    recipe = get_method_class(row.method).recipes[row.recipe].train if row.recipe else {}
+    return {k: v for k, v in recipe.items() if k not in BENCH_WIDE} | dict(row.train or {})
 
 
 def row_train_config(dataset: str, layers: list, recipe: dict | None = None, recipe_label: str = "",
@@ -92,18 +92,19 @@ def row_train_config(dataset: str, layers: list, recipe: dict | None = None, rec
 
 
 def _apply_recipe(path: Path, dataset: str, layers: list, row: MethodRow) -> MethodRow:
-    """The row with its method's recipe: settings between the file and the flags, params under the row's."""
+    """The row with its method's recipe and its own ``train:``: settings between the file and the flags (the
+    row's over the recipe's), the recipe's params under the row's."""
     from dataclasses import replace
 
     recipes = get_method_class(row.method).recipes
-    if row.recipe not in recipes:
+    if row.recipe and row.recipe not in recipes:
         known = ", ".join(sorted(recipes)) or "none"
         raise LtbenchError(f"{path}: methods.{row.name}.recipe = {row.recipe!r}: method {row.method!r} has no such "
                            f"recipe (its recipes: {known}; `ltbench methods --recipes` lists them)")
-    recipe = recipes[row.recipe]
-    label = f"{path}: methods.{row.name}: recipe {row.recipe}"
+    recipe_params = recipes[row.recipe].params if row.recipe else {}
+    label = f"{path}: methods.{row.name}: " + (f"recipe {row.recipe}" if row.recipe else "train")
     train = recipe_train(row)
-    params = cfg.method_params(row.method, dict(recipe.params), typed.in_file(path, f"methods.{row.name}.recipe"))
+    params = cfg.method_params(row.method, dict(recipe_params), typed.in_file(path, f"methods.{row.name}.recipe"))
     try:
         config = row_train_config(dataset, layers, train, label)
     except LtbenchError as exc:
@@ -155,6 +156,16 @@ def _rows(path: Path, raw: object) -> dict[str, MethodRow]:
         recipe = params.pop("recipe", None)
         if recipe is not None and not isinstance(recipe, str):
             raise LtbenchError(f"{path}: methods.{name}.recipe = {recipe!r}: expected a recipe name (e.g. paper)")
+        own_train = params.pop("train", None)
+        if own_train is not None:
+            from ltbench.bench.tuning import BENCH_WIDE
+
+            if not isinstance(own_train, dict) or not own_train:
+                raise LtbenchError(f"{path}: methods.{name}.train = {own_train!r}: expected a mapping of training settings")
+            wide = [k for k in own_train if k in BENCH_WIDE]
+            if wide:
+                raise LtbenchError(f"{path}: methods.{name}.train.{wide[0]}: a bench-wide setting; set it in the "
+                                   "file's train: section")
         own_tune = params.pop("tune", None)
         if own_tune is not None:
             own_tune = parse_tune(own_tune, f"{path}: methods.{name}.tune")
@@ -166,7 +177,7 @@ def _rows(path: Path, raw: object) -> dict[str, MethodRow]:
             hint = "" if method != name else f" (a variant names its method: {name}: {{method: NAME, ...}})"
             raise LtbenchError(f"{path}: methods.{name}: {exc}{hint}") from None
         params = cfg.method_params(method, params, typed.in_file(path, f"methods.{name}"))
-        rows[name] = MethodRow(name, method, params, recipe=recipe, tune=own_tune)
+        rows[name] = MethodRow(name, method, params, recipe=recipe, tune=own_tune, train=own_train)
     return rows
 
 
@@ -243,7 +254,7 @@ def load_benchmark(path: str | Path, train_flags: Mapping[str, object] | None = 
 
     seeds = typed.seeds(raw.get("seeds", [0, 1, 2]), f"{path}: seeds")
     rows = _rows(path, raw.get("methods"))
-    rows = {name: _apply_recipe(path, dataset["name"], layers, row) if row.recipe else row
+    rows = {name: _apply_recipe(path, dataset["name"], layers, row) if row.recipe or row.train else row
             for name, row in rows.items()}
     for name, row in rows.items():  # the method's own checks (e.g. focal's gamma >= 0), named by file and row
         try:

@@ -147,7 +147,8 @@ def _tune(bench: Benchmark, out_dir: Path, train_rows, echo) -> tuple[Benchmark,
 
 def _row_config(bench: Benchmark, row: MethodRow, tuned: dict) -> TrainConfig:
     """The row's settings (its recipe, if any) with ``tuned`` values over everything else."""
-    return row_train_config(bench.data.dataset, bench.layers, recipe_train(row), f"recipe {row.recipe}", tuned)
+    return row_train_config(bench.data.dataset, bench.layers, recipe_train(row),
+                            f"recipe {row.recipe}" if row.recipe else f"methods.{row.name}.train", tuned)
 
 
 def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=print,
@@ -176,6 +177,8 @@ def run_benchmark(bench: Benchmark, out_dir: Path, progress: bool = True, echo=p
         if row.recipe:
             recipe = get_method_class(row.method).recipes[row.recipe]
             echo(f"{bench.name}: {name}: recipe {row.recipe}: {recipe.describe()}")
+        if row.train:
+            echo(f"{bench.name}: {name}: own settings: " + ", ".join(f"{k}={v}" for k, v in row.train.items()))
     rows = {name: (row.method, row.params) for name, row in bench.methods.items()}
     created = _first_missing(Path(out_dir))
     out_dir = check_out_dir(out_dir)

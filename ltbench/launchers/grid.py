@@ -85,10 +85,12 @@ class Grid:
 
 
 def row_labels(row) -> dict:
-    """What a result records of its row beyond the run key: its recipe and tuned values."""
+    """What a result records of its row beyond the run key: its recipe, own settings and tuned values."""
     labels = {}
     if getattr(row, "recipe", None):
         labels["recipe"] = row.recipe
+    if getattr(row, "train", None):
+        labels["row_train"] = dict(row.train)
     if getattr(row, "tuned", None):
         labels["tuned"] = dict(row.tuned)
     return labels

@@ -27,6 +27,30 @@ from ltbench.models.backbone import Backbone, InputConfig, check_blocks
 from ltbench.models.weights import load_weights
 
 
+#: ``open_clip:ltbench-tiny-clip``: a random-init CLIP small enough for a CPU (2 blocks of width 32 in each
+#: tower, patch 8: 16 px gives 2x2 patches + the class token), with the real tokenizer's vocabulary so class-name
+#: prompts tokenize as with CLIP. The embedded default's CLIP rows and the tests use it: a smoke model, not CLIP.
+TINY_CLIP_ARCH = "ltbench-tiny-clip"
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 16, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+
+
+def register_tiny_clip() -> None:
+    """Add :data:`TINY_CLIP` to open_clip's model configs (once per process; no download)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import open_clip
+
+    if TINY_CLIP_ARCH not in open_clip.list_models():
+        with tempfile.TemporaryDirectory() as folder:  # open_clip reads the file when it is added
+            path = Path(folder) / f"{TINY_CLIP_ARCH}.json"
+            path.write_text(json.dumps(TINY_CLIP))
+            open_clip.add_model_config(path)
+
+
 class ClipBackbone(Backbone):
     """``body`` = the open_clip image tower (``VisionTransformer``): images → projected N×``out_dim`` embeddings."""
 
@@ -143,6 +167,8 @@ def build_clip_backbone(arch: str, pretrained: str | None = None, image_size: in
     pretrained weights of another size load) with ``pretrained`` (module docstring)."""
     import open_clip
 
+    if arch == TINY_CLIP_ARCH:
+        register_tiny_clip()
     tag = None
     if pretrained is not None and pretrained.startswith("hub:"):
         tag = pretrained[4:]

@@ -155,7 +155,7 @@ def _context(results: list[dict]) -> dict[str, str]:
     The training settings are those of the rows on the shared protocol: a row on a paper recipe
     (``recipe`` in its result) is named under the table instead (``ltbench.recipes.recipe_lines``).
     """
-    shared = [r for r in results if not r.get("recipe")] or results
+    shared = [r for r in results if not (r.get("recipe") or r.get("row_train"))] or results
 
     def values(get, runs=results) -> str:
         found = {str(get(r)) for r in runs}

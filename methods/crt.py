@@ -51,17 +51,22 @@ DECOUPLING_IMAGENET_LT_TRAIN = {"optimizer": "sgd", "lr": 0.2, "momentum": 0.9, 
 DECOUPLING_SOURCE = "facebookresearch/classifier-balancing @ 22370c6, config/ImageNet_LT/"
 
 
+def classifier_stage_recipe(config_file: str, probe_epochs: int) -> Recipe:
+    """The ImageNet-LT recipe of a decoupled classifier stage re-trained by SGD on class-aware batches (cRT, LWS)."""
+    return Recipe(
+        source=DECOUPLING_SOURCE + f"feat_uniform.yaml + {config_file} (Kang et al., ICLR 2020)",
+        train=DECOUPLING_IMAGENET_LT_TRAIN,
+        params={"probe": "sgd", "probe_epochs": probe_epochs, "classifier_lr": 0.2, "classifier_weight_decay": 5e-4,
+                "probe_sampler": "class_aware"},
+        note="ImageNet-LT, ResNeXt-50 from scratch at 224 px; ClassAwareSampler with 4 images per class visit "
+             "(here 1); the code's cosine is stepped at the start of each epoch")
+
+
 @register_method("crt")
 class CRT(DecoupledMethod):
     """Classifier re-training on class-balanced batches over the frozen encoder (module docstring)."""
 
-    recipes = {"paper": Recipe(
-        source=DECOUPLING_SOURCE + "feat_uniform.yaml + cls_crt.yaml (Kang et al., ICLR 2020)",
-        train=DECOUPLING_IMAGENET_LT_TRAIN,
-        params={"probe": "sgd", "probe_epochs": 10, "classifier_lr": 0.2, "classifier_weight_decay": 5e-4,
-                "probe_sampler": "class_aware"},
-        note="ImageNet-LT, ResNeXt-50 from scratch at 224 px; ClassAwareSampler with 4 images per class visit "
-             "(here 1); the code's cosine is stepped at the start of each epoch")}
+    recipes = {"paper": classifier_stage_recipe("cls_crt.yaml", probe_epochs=10)}
 
     def __init__(self, probe: str = "lbfgs", probe_l2: float = 1e-3, probe_tolerance: float = 1e-5,
                  probe_max_iter: int = 1000, probe_sampler: str = "class_aware", probe_epochs: int = 10,

@@ -34,12 +34,11 @@ from torch import Tensor, nn
 
 from ltbench.method import RunAccess, TrainInfo
 from ltbench.models import Backbone
-from ltbench.recipes import Recipe
 from ltbench.registry import register_method
 from ltbench.stages import BALANCED_SAMPLERS, Stage
 
 from ._decoupling import DecoupledMethod, DecoupledNetwork, balanced_sample_weights, check_probe, lbfgs_fit
-from .crt import DECOUPLING_IMAGENET_LT_TRAIN, DECOUPLING_SOURCE
+from .crt import classifier_stage_recipe
 
 
 class ClassScales(nn.Module):
@@ -71,13 +70,7 @@ def lws_objective(scales: Tensor, logits: Tensor, labels: Tensor, weights: Tenso
 class LWS(DecoupledMethod):
     """Joint CE training, then per-class classifier scales learned on class-balanced data (module docstring)."""
 
-    recipes = {"paper": Recipe(
-        source=DECOUPLING_SOURCE + "feat_uniform.yaml + cls_lws.yaml (Kang et al., ICLR 2020)",
-        train=DECOUPLING_IMAGENET_LT_TRAIN,
-        params={"probe": "sgd", "probe_epochs": 5, "classifier_lr": 0.2, "classifier_weight_decay": 5e-4,
-                "probe_sampler": "class_aware"},
-        note="ImageNet-LT, ResNeXt-50 from scratch at 224 px; ClassAwareSampler with 4 images per class visit "
-             "(here 1); the code's cosine is stepped at the start of each epoch")}
+    recipes = {"paper": classifier_stage_recipe("cls_lws.yaml", probe_epochs=5)}
 
     stage1_parts = ("backbone", "classifier")
 
